@@ -1,0 +1,19 @@
+"""bnbook: the code of the book "Batch normalization from first principles".
+
+Modules:
+
+* :mod:`bnbook.batchnorm` -- forward/backward, the BatchNorm1d layer, folding
+* :mod:`bnbook.layers` -- Linear, ReLU, Sigmoid, loss, Sequential, SGD
+* :mod:`bnbook.gradcheck` -- numerical gradients and relative errors
+* :mod:`bnbook.mnist` -- the MNIST loader (download, checksum, cache)
+* :mod:`bnbook.train` -- the training loop and its History
+* :mod:`bnbook.plots` -- figures shared by the chapters
+"""
+from .batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_backward_staged,
+                        batchnorm_eval, batchnorm_forward, fold_batchnorm)
+from .gradcheck import numerical_gradient, relative_error
+from .layers import (SGD, Linear, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy,
+                     build_mlp, softmax_cross_entropy)
+from .train import History, evaluate, fit, predict
+
+__version__ = "0.1.0"

@@ -1,0 +1,314 @@
+"""Layers for small fully connected networks, written out in NumPy.
+
+Every layer works on batches of shape ``(m, d)`` and has
+
+* ``forward(x)`` -> output, keeping what ``backward`` needs;
+* ``backward(dout)`` -> gradient w.r.t. its input, storing the gradients of
+  its own parameters;
+* ``params()`` -> a list of ``(name, value, gradient)`` triples whose arrays
+  the optimizer updates in place;
+* ``train()`` / ``eval()`` mode switches (only batch norm behaves differently).
+
+The batch-norm layer itself, :class:`~bnbook.batchnorm.BatchNorm1d`, lives in
+:mod:`bnbook.batchnorm` and follows the same protocol.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .batchnorm import BatchNorm1d
+
+__all__ = [
+    "Layer",
+    "Linear",
+    "ReLU",
+    "Sigmoid",
+    "Sequential",
+    "SoftmaxCrossEntropy",
+    "softmax_cross_entropy",
+    "init_weights",
+    "build_mlp",
+    "SGD",
+]
+
+
+def init_weights(fan_in: int, fan_out: int, method: str = "he", gain: float = 1.0,
+                 rng=None, dtype=np.float32) -> np.ndarray:
+    """Draw a (fan_in, fan_out) weight matrix from a zero-mean normal.
+
+    method : ``"he"`` (std ``sqrt(2 / fan_in)``, for ReLU), ``"xavier"``
+        (std ``sqrt(2 / (fan_in + fan_out))``, for sigmoid/tanh) or
+        ``"normal"`` (std 1). The std is multiplied by ``gain``, so
+        ``method="normal", gain=0.01`` gives N(0, 0.01^2) weights.
+    rng : a ``numpy.random.Generator`` or a seed.
+    """
+    rng = np.random.default_rng(rng)
+    if method == "he":
+        std = np.sqrt(2.0 / fan_in)
+    elif method == "xavier":
+        std = np.sqrt(2.0 / (fan_in + fan_out))
+    elif method == "normal":
+        std = 1.0
+    else:
+        raise ValueError(f"unknown init method {method!r}; use 'he', 'xavier' or 'normal'")
+    w = rng.standard_normal((fan_in, fan_out)) * (gain * std)
+    return w.astype(dtype)
+
+
+def _check_2d(x, features: int, who: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != features:
+        raise ValueError(f"{who} expects input of shape (m, {features}); got shape {x.shape}")
+    return x
+
+
+class Layer:
+    """Base class: a layer without parameters that behaves the same in both modes."""
+
+    training = True
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def params(self):
+        return []
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Linear(Layer):
+    """Affine layer ``y = x @ W + b``.
+
+    ``W`` has shape (in_features, out_features), ``b`` shape (out_features,)
+    (absent when ``bias=False``: the usual choice before batch norm, whose
+    shift ``beta`` makes a bias redundant). ``x`` (m, in) -> ``y`` (m, out).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32):
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.W = init_weights(self.in_features, self.out_features, init, gain, rng, dtype)
+        self.dW = np.zeros_like(self.W)
+        self.b = np.zeros(self.out_features, dtype=dtype) if bias else None
+        self.db = np.zeros_like(self.b) if bias else None
+        self._x = None
+
+    def params(self):
+        p = [("W", self.W, self.dW)]
+        if self.b is not None:
+            p.append(("b", self.b, self.db))
+        return p
+
+    def forward(self, x):
+        x = _check_2d(x, self.in_features, "Linear")
+        self._x = x
+        out = x @ self.W
+        if self.b is not None:
+            out += self.b
+        return out
+
+    def backward(self, dout, need_input_grad: bool = True):
+        """Store dW (in, out) and db (out,); return dx (m, in), or None when
+        ``need_input_grad`` is False (the first layer of a network)."""
+        if self._x is None:
+            raise RuntimeError("Linear.backward() called before forward()")
+        np.matmul(self._x.T, dout, out=self.dW)
+        if self.b is not None:
+            np.sum(dout, axis=0, out=self.db)
+        return dout @ self.W.T if need_input_grad else None
+
+    def __repr__(self) -> str:
+        return (f"Linear({self.in_features}, {self.out_features}, "
+                f"bias={self.b is not None})")
+
+
+class ReLU(Layer):
+    """``max(x, 0)`` elementwise; any shape."""
+
+    def forward(self, x):
+        self._mask = x > 0
+        return np.maximum(x, 0)
+
+    def backward(self, dout):
+        return dout * self._mask
+
+
+class Sigmoid(Layer):
+    """``1 / (1 + exp(-x))`` elementwise; any shape."""
+
+    def forward(self, x):
+        # exp(-|x|) never overflows; both branches give the same function.
+        e = np.exp(-np.abs(x))
+        self._y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+        return self._y
+
+    def backward(self, dout):
+        return dout * self._y * (1.0 - self._y)
+
+
+def softmax_cross_entropy(logits, y, reduction: str = "mean"):
+    """Softmax followed by the cross-entropy loss, and its gradient.
+
+    Parameters
+    ----------
+    logits : (m, c) scores.
+    y : (m,) integer class labels in ``0 .. c-1``.
+    reduction : ``"mean"`` (average over the batch, the convention of this
+        book and of PyTorch) or ``"sum"`` (sum over the batch: the gradient is
+        m times larger, as in code that back-propagates ``p - onehot(y)``).
+
+    Returns
+    -------
+    loss : float;  dlogits : (m, c).
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D of shape (m, c); got shape {logits.shape}")
+    y = np.asarray(y)
+    m, c = logits.shape
+    if y.shape != (m,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must be {m} integer labels of shape ({m},); got {y.dtype} {y.shape}")
+    if m and (y.min() < 0 or y.max() >= c):
+        raise ValueError(f"labels must lie in 0..{c - 1}; got {y.min()}..{y.max()}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    expz = np.exp(shifted)
+    sumexp = expz.sum(axis=1, keepdims=True)
+    rows = np.arange(m)
+    losses = np.log(sumexp[:, 0]) - shifted[rows, y]
+    grad = expz / sumexp
+    grad[rows, y] -= 1.0
+    if reduction == "mean":
+        grad /= m
+        return float(losses.mean()), grad
+    return float(losses.sum()), grad
+
+
+class SoftmaxCrossEntropy:
+    """Callable wrapper of :func:`softmax_cross_entropy` with a fixed reduction."""
+
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = reduction
+
+    def __call__(self, logits, y):
+        return softmax_cross_entropy(logits, y, self.reduction)
+
+    def __repr__(self) -> str:
+        return f"SoftmaxCrossEntropy(reduction={self.reduction!r})"
+
+
+class Sequential(Layer):
+    """Layers applied in order; ``backward`` runs them in reverse."""
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def params(self):
+        """``(name, value, gradient)`` for every parameter; names like ``"0.W"``."""
+        return [(f"{i}.{name}", value, grad)
+                for i, layer in enumerate(self.layers)
+                for name, value, grad in layer.params()]
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout, need_input_grad: bool = True):
+        """Back-propagate ``dout`` (m, out); return dx (m, in) or None.
+
+        With ``need_input_grad=False`` the first layer, if it is Linear,
+        skips the (unused) gradient w.r.t. the network's input: a third of
+        the work of the first layer's backward pass.
+        """
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and not need_input_grad and isinstance(layer, Linear):
+                return layer.backward(dout, need_input_grad=False)
+            dout = layer.backward(dout)
+        return dout
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
+
+
+def build_mlp(sizes, batchnorm: bool = False, activation: str = "relu",
+              init: str | None = None, gain: float = 1.0, seed=0,
+              dtype=np.float32, bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+    """A fully connected network ``sizes[0] -> ... -> sizes[-1]``.
+
+    Each hidden layer is ``Linear -> [BatchNorm1d] -> activation``; with
+    ``batchnorm=True`` the hidden Linear layers have no bias (beta takes its
+    role). The output layer is a Linear with bias and no activation (the
+    loss applies the softmax).
+
+    Weights are drawn layer by layer from one generator seeded with ``seed``,
+    so the networks with and without batch norm start from the *same*
+    weights. ``init`` defaults to He for ReLU and Xavier for sigmoid; ``gain``
+    multiplies every weight's standard deviation.
+
+    Example: ``build_mlp([784, 300, 50, 10], batchnorm=True)``.
+    """
+    acts = {"relu": ReLU, "sigmoid": Sigmoid}
+    if activation not in acts:
+        raise ValueError(f"activation must be one of {sorted(acts)}; got {activation!r}")
+    if init is None:
+        init = "he" if activation == "relu" else "xavier"
+    rng = np.random.default_rng(seed)
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
+        layers.append(Linear(fan_in, fan_out, bias=not batchnorm, init=init, gain=gain,
+                             rng=rng, dtype=dtype))
+        if batchnorm:
+            layers.append(BatchNorm1d(fan_out, eps=bn_eps, momentum=bn_momentum, dtype=dtype))
+        layers.append(acts[activation]())
+    layers.append(Linear(sizes[-2], sizes[-1], bias=True, init=init, gain=gain,
+                         rng=rng, dtype=dtype))
+    return Sequential(*layers)
+
+
+class SGD:
+    """Plain stochastic gradient descent, optionally with momentum.
+
+    ``step()`` updates every parameter of ``model.params()`` in place:
+    ``v = momentum * v + g`` and ``p -= lr * v`` (``v = g`` without momentum).
+    """
+
+    def __init__(self, model, lr: float, momentum: float = 0.0):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive; got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1); got {momentum!r}")
+        self.model, self.lr, self.momentum = model, float(lr), float(momentum)
+        self._velocity = {}
+
+    def step(self) -> None:
+        for name, p, g in self.model.params():
+            if self.momentum:
+                v = self._velocity.setdefault(name, np.zeros_like(p))
+                v *= self.momentum
+                v += g
+                g = v
+            p -= self.lr * g

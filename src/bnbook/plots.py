@@ -1,0 +1,102 @@
+"""Figures shared by the chapters (matplotlib).
+
+Every helper takes an optional ``ax`` and returns it, so a chapter can place
+figures side by side; titles, axis labels and legends are always set.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["new_axes", "plot_histories", "plot_percentile_bands", "plot_loss_contours",
+           "show_digits"]
+
+
+def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float = 3.6, **kw):
+    """A figure with ``nrows x ncols`` axes of the given size each (inches)."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
+                             constrained_layout=True, **kw)
+    return fig, axes
+
+
+def plot_histories(histories, metric: str = "test_acc", ax=None, title: str | None = None,
+                   percent: bool = True, styles=None):
+    """Plot one curve per :class:`~bnbook.train.History` against the epoch.
+
+    ``metric`` is ``"test_acc"`` or ``"train_loss"``. A run that diverged is
+    marked with an x at the epoch where it stopped.
+    """
+    if ax is None:
+        _, ax = new_axes()
+    styles = styles or {}
+    for h in histories:
+        y = np.asarray(getattr(h, metric), dtype=float)
+        if metric == "test_acc" and percent:
+            y = 100 * y
+        (line,) = ax.plot(h.epochs, y, marker="o", ms=3, label=h.label, **styles.get(h.label, {}))
+        if h.diverged:
+            ax.plot([h.diverged_at], [np.nanmin(y) if np.isfinite(y).any() else 0],
+                    "x", color=line.get_color(), ms=9, mew=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel({"test_acc": "test accuracy (%)" if percent else "test accuracy",
+                   "train_loss": "training loss (cross-entropy)"}.get(metric, metric))
+    if metric == "train_loss":
+        ax.set_yscale("log")
+    ax.set_title(title or {"test_acc": "Test accuracy", "train_loss": "Training loss"}.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def plot_percentile_bands(steps, values, percentiles=(15, 50, 85), ax=None, title="",
+                          ylabel="value", label_prefix=""):
+    """Lines of the given percentiles of ``values`` (n_steps, n_samples) against ``steps``."""
+    if ax is None:
+        _, ax = new_axes()
+    q = np.percentile(np.asarray(values), percentiles, axis=1)
+    for p, row in zip(percentiles, q):
+        ax.plot(steps, row, label=f"{label_prefix}{p}th percentile")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def plot_loss_contours(loss, xlim, ylim, path=None, ax=None, levels=20, title="",
+                       xlabel="$w_1$", ylabel="$w_2$", n: int = 200, log_levels: bool = True):
+    """Contours of ``loss(w1, w2)`` (vectorized over grids) with an optional descent path.
+
+    ``path`` is an array (k, 2) of iterates, drawn as a line with markers.
+    """
+    if ax is None:
+        _, ax = new_axes()
+    w1, w2 = np.meshgrid(np.linspace(*xlim, n), np.linspace(*ylim, n))
+    z = loss(w1, w2)
+    if log_levels:
+        lo, hi = np.log10(max(z.min(), 1e-12)), np.log10(z.max())
+        levels = np.logspace(lo, hi, levels)
+    ax.contour(w1, w2, z, levels=levels, cmap="viridis", linewidths=0.8)
+    if path is not None:
+        path = np.asarray(path)
+        ax.plot(path[:, 0], path[:, 1], "-o", color="crimson", ms=2.5, lw=1, label="gradient descent")
+        ax.plot(*path[0], "s", color="black", ms=6, label="start")
+        ax.legend(loc="upper right")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return ax
+
+
+def show_digits(x, y, n: int = 10, ax=None, title: str = "MNIST digits"):
+    """A row of ``n`` images from ``x`` (n, 784) with their labels ``y``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 * n, 1.6), constrained_layout=True)
+    strip = np.concatenate([np.asarray(x[i]).reshape(28, 28) for i in range(n)], axis=1)
+    ax.imshow(strip, cmap="gray_r")
+    ax.set_xticks(14 + 28 * np.arange(n), [str(int(v)) for v in y[:n]])
+    ax.set_yticks([])
+    ax.set_xlabel("label")
+    ax.set_title(title)
+    return ax

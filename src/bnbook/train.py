@@ -1,0 +1,239 @@
+"""The training loop shared by every chapter that trains a network.
+
+Conventions (stated once, used everywhere):
+
+* mini-batch SGD; the data are shuffled at the start of every epoch with a
+  generator seeded by ``seed``, so a run is repeatable;
+* the loss is softmax cross-entropy *averaged* over the batch unless
+  ``reduction="sum"`` is asked for;
+* "train loss" of an epoch is the mean of its mini-batch losses (per sample);
+* "test accuracy" is measured after each epoch with the network in eval mode
+  (batch norm uses its running statistics).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layers import SGD, softmax_cross_entropy
+
+__all__ = ["History", "fit", "evaluate", "predict", "Progress"]
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run (lists indexed by epoch - 1)."""
+
+    label: str = ""
+    train_loss: list = field(default_factory=list)
+    test_acc: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    steps: int = 0
+    diverged_at: int | None = None  # epoch in which the loss became non-finite
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return np.arange(1, len(self.test_acc) + 1)
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    @property
+    def wall_time(self) -> float:
+        return float(sum(self.seconds))
+
+    def acc_at(self, epoch: int) -> float:
+        """Test accuracy after ``epoch`` (1-based)."""
+        return float(self.test_acc[epoch - 1])
+
+    def first_epoch_reaching(self, accuracy: float) -> int | None:
+        """First epoch whose test accuracy is >= ``accuracy``; None if never."""
+        for e, a in zip(self.epochs, self.test_acc):
+            if np.isfinite(a) and a >= accuracy:
+                return int(e)
+        return None
+
+
+def predict(model, x, batch_size: int = 2000) -> np.ndarray:
+    """Class predictions (n,) for inputs ``x`` (n, d), computed in eval mode.
+
+    The model's mode is restored afterwards.
+    """
+    was_training = getattr(model, "training", True)
+    model.eval()
+    try:
+        out = [np.argmax(model.forward(x[i:i + batch_size]), axis=1)
+               for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def evaluate(model, x, y, batch_size: int = 2000) -> float:
+    """Accuracy in [0, 1] of ``model`` (eval mode) on ``x`` (n, d), ``y`` (n,)."""
+    return float(np.mean(predict(model, x, batch_size) == np.asarray(y)))
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class Progress:
+    """Progress of a run: an ipywidgets bar in a notebook, text lines elsewhere.
+
+    In a notebook the bar is replaced, when the run ends, by a one-line text
+    summary, so a saved notebook keeps the summary and no widget state.
+    """
+
+    def __init__(self, total: int, label: str = "", enabled: bool = True, stream=None):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.stream = stream or sys.stdout
+        self._bar = self._handle = None
+        if enabled and _in_notebook():
+            try:
+                import ipywidgets as widgets
+                from IPython.display import display
+            except ImportError:
+                return
+            self._bar = widgets.IntProgress(min=0, max=total, description=label[:20])
+            self._text = widgets.Label("")
+            self._box = widgets.HBox([self._bar, self._text])
+            self._handle = display(self._box, display_id=True)
+
+    def update(self, done: int, message: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.value = done
+            self._text.value = message
+        else:
+            prefix = f"{self.label}: " if self.label else ""
+            print(f"{prefix}{done}/{self.total} {message}", file=self.stream, flush=True)
+
+    def close(self, summary: str) -> None:
+        if not self.enabled:
+            return
+        if self._handle is not None:
+            self._handle.update(_Text(summary))
+            self._box.close()
+        else:
+            print(summary, file=self.stream, flush=True)
+
+
+class _Text:
+    """Plain-text display object (shows as text, saves as text)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _params_finite(model) -> bool:
+    return all(np.all(np.isfinite(p)) for _, p, _ in model.params())
+
+
+def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int = 0,
+        momentum: float = 0.0, reduction: str = "mean", drop_last: bool = False,
+        progress: bool = True, label: str = "", callback=None,
+        callback_every: int = 0, max_steps: int | None = None) -> History:
+    """Train ``model`` with mini-batch SGD and record a :class:`History`.
+
+    Parameters
+    ----------
+    model : a :class:`~bnbook.layers.Sequential` (or anything with forward,
+        backward, params, train, eval).
+    data : ``(x_train, y_train, x_test, y_test)`` with x of shape (n, d) and
+        y of shape (n,) integer labels.
+    epochs, lr, batch_size, momentum : SGD settings.
+    seed : seeds the shuffling generator.
+    reduction : ``"mean"`` or ``"sum"`` over the batch (see
+        :func:`~bnbook.layers.softmax_cross_entropy`).
+    drop_last : drop the last, smaller batch of an epoch. A last batch of a
+        single sample is always dropped: batch norm cannot train on it.
+    progress : show progress (a widget bar in a notebook, text elsewhere).
+    callback, callback_every : ``callback(step, model)`` is called after
+        every ``callback_every``-th SGD step (and at step 0), for
+        measurements during training; its return value is ignored.
+    max_steps : stop after this many SGD steps in total (the last epoch may
+        be partial; it is still evaluated and recorded).
+
+    If the loss or a parameter becomes non-finite the run stops, and
+    ``History.diverged_at`` records the epoch; later epochs are recorded as NaN.
+    """
+    x_train, y_train, x_test, y_test = data
+    n = len(x_train)
+    if len(y_train) != n or len(y_test) != len(x_test):
+        raise ValueError("inputs and labels must have the same number of samples")
+    if batch_size < 1 or int(batch_size) != batch_size:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    rng = np.random.default_rng(seed)
+    opt = SGD(model, lr, momentum)
+    hist = History(label=label)
+    bar = Progress(epochs, label, enabled=progress)
+    model.train()
+    step = 0
+    if callback is not None:
+        callback(0, model)
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        perm = rng.permutation(n)
+        xs, ys = x_train[perm], y_train[perm]  # one gather per epoch; batches are views
+        stop = n - (n % batch_size if drop_last else 0)
+        losses = []
+        for start in range(0, stop, batch_size):
+            xb, yb = xs[start:start + batch_size], ys[start:start + batch_size]
+            if len(xb) < 2:
+                break
+            try:
+                logits = model.forward(xb)
+            except ValueError:
+                if _params_finite(model):
+                    raise
+                loss = np.nan  # a layer refused the non-finite activations
+            else:
+                loss, dlogits = softmax_cross_entropy(logits, yb, reduction)
+            if not np.isfinite(loss):
+                hist.diverged_at = epoch
+                break
+            model.backward(dlogits, need_input_grad=False)
+            opt.step()
+            losses.append(loss / (len(xb) if reduction == "sum" else 1))
+            step += 1
+            if callback is not None and callback_every and step % callback_every == 0:
+                callback(step, model)
+            if max_steps is not None and step >= max_steps:
+                break
+        hist.seconds.append(time.perf_counter() - t0)
+        if hist.diverged:
+            hist.train_loss.append(np.nan)
+            hist.test_acc.append(np.nan)
+            pad = epochs - epoch
+            hist.train_loss += [np.nan] * pad
+            hist.test_acc += [np.nan] * pad
+            hist.seconds += [0.0] * pad
+            break
+        hist.train_loss.append(float(np.mean(losses)))
+        hist.test_acc.append(evaluate(model, x_test, y_test))
+        bar.update(epoch, f"epoch {epoch}: loss {hist.train_loss[-1]:.4f}, "
+                          f"test acc {100 * hist.test_acc[-1]:.2f}%")
+        if max_steps is not None and step >= max_steps:
+            break
+    hist.steps = step
+    if hist.diverged:
+        summary = f"diverged in epoch {hist.diverged_at} (loss became non-finite)"
+    else:
+        summary = (f"{len(hist.test_acc)} epochs: final loss {hist.train_loss[-1]:.4f}, "
+                   f"test acc {100 * hist.test_acc[-1]:.2f}%")
+    bar.close(f"{label + ': ' if label else ''}{summary} in {hist.wall_time:.1f} s")
+    return hist
