@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["new_axes", "plot_histories", "plot_percentile_bands", "plot_loss_contours",
-           "show_digits"]
+           "show_digits", "plot_error_vs_step", "plot_grouped_bars"]
 
 
 def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float = 3.6, **kw):
@@ -99,4 +99,55 @@ def show_digits(x, y, n: int = 10, ax=None, title: str = "MNIST digits"):
     ax.set_yticks([])
     ax.set_xlabel("label")
     ax.set_title(title)
+    return ax
+
+
+def plot_error_vs_step(steps, errors, ax=None, title: str = "", xlabel: str = "step $h$",
+                       ylabel: str = "relative error", mark_min: bool = True, styles=None):
+    """Log-log curves of ``errors[label]`` (n,) against ``steps`` (n,).
+
+    With ``mark_min`` the smallest error of each curve gets a large dot of the
+    curve's colour (the step to pick). Returns the axes.
+    """
+    if ax is None:
+        _, ax = new_axes()
+    styles = styles or {}
+    steps = np.asarray(steps, dtype=float)
+    for label, err in errors.items():
+        err = np.asarray(err, dtype=float)
+        (line,) = ax.loglog(steps, err, marker=".", ms=4, label=label, **styles.get(label, {}))
+        if mark_min:
+            k = int(np.nanargmin(err))
+            ax.loglog(steps[k], err[k], "o", color=line.get_color(), ms=9, alpha=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return ax
+
+
+def plot_grouped_bars(labels, values, ax=None, title: str = "", ylabel: str = "value",
+                      xlabel: str = "", log: bool = False):
+    """Bars of ``values[series]`` (one number per label), grouped by label.
+
+    ``labels`` name the groups (x axis); ``values`` maps a series name (legend)
+    to a sequence of ``len(labels)`` numbers. ``log`` puts the y axis on a log
+    scale. Returns the axes.
+    """
+    if ax is None:
+        _, ax = new_axes()
+    n = len(values)
+    width = 0.8 / max(n, 1)
+    pos = np.arange(len(labels))
+    for k, (name, vals) in enumerate(values.items()):
+        ax.bar(pos + (k - (n - 1) / 2) * width, np.asarray(vals, dtype=float), width, label=name)
+    ax.set_xticks(pos, [str(s) for s in labels])
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend()
     return ax
