@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["new_axes", "plot_histories", "plot_percentile_bands", "plot_loss_contours",
-           "show_digits", "plot_error_vs_step", "plot_grouped_bars"]
+           "show_digits", "plot_error_vs_step", "plot_grouped_bars",
+           "plot_descent", "plot_histograms_at_steps"]
 
 
 def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float = 3.6, **kw):
@@ -150,4 +151,59 @@ def plot_grouped_bars(labels, values, ax=None, title: str = "", ylabel: str = "v
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend()
+    return ax
+
+
+def plot_descent(problem, result, ax=None, title: str = "", xlabel: str = "$w_1$",
+                 ylabel: str = "$w_2$", margin: float = 0.15, max_points: int = 4000):
+    """Loss contours of a two-weight problem with a gradient-descent path on them.
+
+    ``problem`` has ``loss_grid(w1, w2)`` and ``w_star`` (2,) (for example a
+    :class:`bnbook.regression.LeastSquares`); ``result`` has ``path`` (k + 1, 2)
+    (a :class:`bnbook.regression.DescentResult`). The window holds the start,
+    the minimum and the path (clipped to 100 times the start-to-minimum
+    distance if the run diverged); the minimum is marked with a star.
+    """
+    if ax is None:
+        _, ax = new_axes()
+    path = np.asarray(result.path)[:max_points]
+    w_star = np.asarray(problem.w_star)
+    span = np.abs(path[0] - w_star) + 1e-12
+    keep = np.all(np.abs(path - w_star) <= 100 * span, axis=1)
+    pts = np.vstack([path[keep], w_star])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    pad = margin * (hi - lo) + 1e-12
+    xlim, ylim = (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
+    plot_loss_contours(problem.loss_grid, xlim, ylim, path=path, ax=ax, title=title,
+                       xlabel=xlabel, ylabel=ylabel)
+    ax.plot(*w_star, "*", color="gold", mec="black", ms=12, label="minimum")
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
+    ax.legend(loc="upper right", fontsize="small")
+    return ax
+
+
+def plot_histograms_at_steps(steps, values, at, ax=None, bins: int = 40, title: str = "",
+                             xlabel: str = "value"):
+    """Overlaid histograms of ``values[i]`` (one row per recorded step) at the
+    recorded steps nearest to each entry of ``at``.
+
+    ``steps`` (k,), ``values`` (k, n): e.g. one unit's pre-activation on a
+    probe batch of n samples, recorded at k training steps.
+    """
+    if ax is None:
+        _, ax = new_axes()
+    steps, values = np.asarray(steps), np.asarray(values)
+    rows = [int(np.argmin(np.abs(steps - s))) for s in at]
+    lo, hi = np.percentile(values[rows], [0.5, 99.5])
+    edges = np.linspace(lo, hi, bins + 1)
+    colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(rows)))
+    for r, c in zip(rows, colors):
+        ax.hist(values[r], bins=edges, histtype="step", lw=1.6, color=c, density=True,
+                label=f"step {steps[r]}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     return ax

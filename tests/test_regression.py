@@ -1,0 +1,133 @@
+"""Tests for bnbook.regression (chapter 1's helpers) and the two plots it uses."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from bnbook import plots  # noqa: E402
+from bnbook.regression import (LeastSquares, PreactivationRecorder, condition_number,  # noqa: E402
+                               drift_network, gradient_descent, make_correlated_features,
+                               make_linear_targets, make_scaled_features, make_teacher_data,
+                               min_max_scale, standardize, steps_bound, whiten,
+                               with_intercept)
+from bnbook.train import fit  # noqa: E402
+
+
+@pytest.fixture
+def two_scales():
+    X = make_scaled_features(200, ((1, 5), (10, 50)), seed=0)
+    y = make_linear_targets(X, (2.0, 0.3), noise=0.5, seed=1)
+    return X, y
+
+
+def test_features_ranges_and_shapes():
+    X = make_scaled_features(500, ((1, 5), (1000, 99999)), seed=3)
+    assert X.shape == (500, 2)
+    assert X[:, 0].min() >= 1 and X[:, 0].max() <= 5
+    assert X[:, 1].min() >= 1000 and X[:, 1].max() <= 99999
+    C = make_correlated_features(5000, means=(0, 0), stds=(1, 10), rho=0.6, seed=0)
+    assert abs(np.corrcoef(C.T)[0, 1] - 0.6) < 0.03
+    with pytest.raises(ValueError):
+        make_correlated_features(rho=1.0)
+
+
+def test_least_squares_matches_lstsq_and_gradient(two_scales):
+    X, y = two_scales
+    p = LeastSquares(X, y)
+    w_ref = np.linalg.lstsq(X, y, rcond=None)[0]
+    np.testing.assert_allclose(p.w_star, w_ref, rtol=1e-9)
+    w = np.array([0.3, -0.2])
+    assert np.isclose(p.loss(w), np.sum((X @ w - y) ** 2) / (2 * len(y)))
+    np.testing.assert_allclose(p.grad(w), X.T @ (X @ w - y) / len(y))
+    np.testing.assert_allclose(np.linalg.norm(p.grad(p.w_star)), 0, atol=1e-9)
+    # the grid version agrees with the pointwise one
+    w1, w2 = np.meshgrid(np.linspace(-1, 1, 4), np.linspace(0, 2, 3))
+    grid = p.loss_grid(w1, w2)
+    assert grid.shape == (3, 4)
+    assert np.isclose(grid[1, 2], p.loss([w1[1, 2], w2[1, 2]]))
+
+
+def test_standardizing_cuts_condition_number_and_steps(two_scales):
+    X, y = two_scales
+    raw = LeastSquares(X, y)
+    Z, _, _ = standardize(X)
+    std = LeastSquares(Z, y - y.mean())
+    assert raw.kappa > 100 and std.kappa < 2
+    assert np.isclose(raw.kappa, condition_number(X))
+    target = 1.001 * raw.min_loss
+    r_raw = gradient_descent(raw, raw.best_lr, np.zeros(2), 100_000, target)
+    r_std = gradient_descent(std, std.best_lr, np.zeros(2), 100_000, target)
+    assert r_std.steps_to_target < 10 < 100 * r_std.steps_to_target < r_raw.steps_to_target
+    # the theory bound holds
+    for p, r in ((raw, r_raw), (std, r_std)):
+        bound = steps_bound(p.kappa, p.loss(np.zeros(2)) - p.min_loss, target - p.min_loss)
+        assert r.steps_to_target <= bound
+    assert r_raw.path.shape == (r_raw.steps_to_target + 1, 2)
+
+
+def test_gradient_descent_diverges_above_two_over_lambda_max(two_scales):
+    X, y = two_scales
+    p = LeastSquares(X, y)
+    r = gradient_descent(p, 2.1 / p.lam_max, np.zeros(2), 5000)
+    assert r.diverged and r.steps < 5000
+    assert not gradient_descent(p, 1.9 / p.lam_max, np.zeros(2), 500).diverged
+
+
+def test_preprocessing_properties():
+    X = make_correlated_features(400, seed=2)
+    Z, mean, std = standardize(X)
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(Z.std(0), 1, rtol=1e-12)
+    S, lo, hi = min_max_scale(X)
+    np.testing.assert_allclose(S.min(0), 0, atol=1e-15)
+    np.testing.assert_allclose(S.max(0), 1, rtol=1e-15)
+    for method in ("zca", "pca"):
+        W, m, A = whiten(X, method)
+        np.testing.assert_allclose(np.cov(W.T, bias=True), np.eye(2), atol=1e-10)
+        np.testing.assert_allclose((X - m) @ A, W)
+    zca, _, A = whiten(X, "zca")
+    np.testing.assert_allclose(A, A.T, atol=1e-12)  # ZCA's matrix is symmetric
+    with pytest.raises(ValueError):
+        whiten(X, "cholesky")
+    with pytest.raises(ValueError):
+        standardize(np.ones((5, 2)))
+
+
+def test_with_intercept_makes_preprocessing_equivalent():
+    X = make_correlated_features(300, seed=0)
+    y = make_linear_targets(X, (1.5, 1e-4), bias=2.0, seed=1)
+    losses = [LeastSquares(with_intercept(F), y).min_loss
+              for F in (X, min_max_scale(X)[0], standardize(X)[0], whiten(X)[0])]
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-8)
+    assert condition_number(whiten(X)[0], intercept=True) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_teacher_data_and_recorder():
+    x, y = make_teacher_data(600, d=8, classes=3, seed=0)
+    assert x.shape == (600, 8) and x.dtype == np.float32
+    assert y.shape == (600,) and set(np.unique(y)) <= {0, 1, 2}
+    net = drift_network((8, 16, 16, 3), seed=0)
+    rec = PreactivationRecorder(x[:50])
+    fit(net, (x[100:], y[100:], x[:100], y[:100]), epochs=2, lr=0.1, batch_size=50,
+        progress=False, callback=rec, callback_every=5)
+    assert rec.steps == [0, 5, 10, 15, 20]
+    vals = rec.values
+    assert [v.shape for v in vals] == [(5, 50, 16), (5, 50, 16)]
+    # the first record is the untrained network's first pre-activation
+    assert not np.allclose(vals[0][0], vals[0][-1])
+
+
+def test_plot_helpers_run(two_scales):
+    X, y = two_scales
+    p = LeastSquares(X, y)
+    r = gradient_descent(p, 1.6 / p.lam_max, np.zeros(2), 200)
+    ax = plots.plot_descent(p, r, title="t")
+    assert ax.get_title() == "t"
+    ax = plots.plot_histograms_at_steps([0, 10, 20], np.random.default_rng(0).normal(size=(3, 100)),
+                                        at=[0, 20])
+    assert len(ax.get_legend().get_texts()) == 2
+    plt.close("all")
