@@ -1,0 +1,170 @@
+"""Tests of bnbook.train on a tiny synthetic problem: two Gaussian blobs in
+20 dimensions (400 training points, 200 test points), which a small network
+separates in a few epochs. Every run uses progress=False."""
+
+import numpy as np
+import pytest
+
+from bnbook.layers import build_mlp
+from bnbook.train import History, evaluate, fit, predict
+
+SIZES = [20, 32, 2]
+
+
+def two_blobs(n, seed):
+    """n points in 20-D: class 0 around -0.5 * ones, class 1 around +0.5 * ones,
+    unit variance (the classes are about 4.5 standard deviations apart)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    centres = np.stack([np.full(20, -0.5), np.full(20, 0.5)])
+    x = (centres[y] + rng.standard_normal((n, 20))).astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x_train, y_train = two_blobs(400, seed=0)
+    x_test, y_test = two_blobs(200, seed=1)
+    return x_train, y_train, x_test, y_test
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fit_learns_two_blobs_to_high_accuracy(data, batchnorm):
+    model = build_mlp(SIZES, batchnorm=batchnorm, seed=0)
+    hist = fit(model, data, epochs=3, lr=0.1, batch_size=20, progress=False, label="blobs")
+    assert isinstance(hist, History) and hist.label == "blobs"
+    assert len(hist.train_loss) == len(hist.test_acc) == len(hist.seconds) == 3
+    assert list(hist.epochs) == [1, 2, 3]
+    assert hist.steps == 3 * 400 // 20
+    assert hist.diverged_at is None and not hist.diverged
+    assert hist.test_acc[-1] >= 0.93  # the Bayes rate is about 0.99
+    assert hist.train_loss[-1] < 0.5 * hist.train_loss[0] or hist.train_loss[-1] < 0.2
+    assert all(0.0 <= a <= 1.0 for a in hist.test_acc)
+    assert hist.acc_at(3) == hist.test_acc[2]
+    assert hist.first_epoch_reaching(0.9) in (1, 2, 3)
+    assert hist.first_epoch_reaching(1.01) is None
+    assert hist.wall_time == pytest.approx(sum(hist.seconds))
+    # the recorded accuracy is the eval-mode accuracy of the final model
+    assert hist.test_acc[-1] == evaluate(model, data[2], data[3])
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_same_seed_gives_identical_history(data, batchnorm):
+    runs = [fit(build_mlp(SIZES, batchnorm=batchnorm, seed=3), data, epochs=2, lr=0.05,
+                batch_size=16, seed=11, momentum=0.9, progress=False) for _ in range(2)]
+    a, b = runs
+    assert a.train_loss == b.train_loss  # exactly equal, not approximately
+    assert a.test_acc == b.test_acc
+    assert a.steps == b.steps and a.diverged_at == b.diverged_at
+    # another shuffling seed gives another trajectory
+    c = fit(build_mlp(SIZES, batchnorm=batchnorm, seed=3), data, epochs=2, lr=0.05,
+            batch_size=16, seed=12, momentum=0.9, progress=False)
+    assert c.train_loss != a.train_loss
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+@pytest.mark.parametrize("sizes", [[20, 32, 2], [20, 32, 32, 2]])
+@pytest.mark.parametrize("lr", [1e3, 1e30])
+def test_huge_learning_rate_sets_diverged_at_instead_of_raising(data, batchnorm, sizes, lr):
+    model = build_mlp(sizes, batchnorm=batchnorm, seed=0)
+    with np.errstate(all="ignore"):
+        hist = fit(model, data, epochs=3, lr=lr, batch_size=20, progress=False)
+    assert hist.diverged_at is not None and hist.diverged
+    assert 1 <= hist.diverged_at <= 3
+    # the epochs from the divergence on are recorded as NaN; the lists stay full length
+    assert len(hist.train_loss) == len(hist.test_acc) == 3
+    assert all(np.isnan(hist.test_acc[e - 1]) for e in range(hist.diverged_at, 4))
+    assert all(np.isnan(hist.train_loss[e - 1]) for e in range(hist.diverged_at, 4))
+    assert hist.first_epoch_reaching(0.0) in (None, *range(1, hist.diverged_at))
+
+
+@pytest.mark.parametrize("max_steps, epochs_recorded", [(7, 1), (20, 1), (25, 2)])
+def test_max_steps_stops_training(data, max_steps, epochs_recorded):
+    model = build_mlp(SIZES, seed=0)
+    hist = fit(model, data, epochs=5, lr=0.1, batch_size=20, progress=False,
+               max_steps=max_steps)
+    assert hist.steps == max_steps
+    assert len(hist.test_acc) == len(hist.train_loss) == epochs_recorded
+    assert not hist.diverged
+
+
+def test_callback_is_called_at_step_zero_and_every_n_steps(data):
+    model = build_mlp(SIZES, batchnorm=True, seed=0)
+    calls = []
+
+    def callback(step, m):
+        assert m is model
+        calls.append((step, m[0].W.copy()))
+
+    hist = fit(model, data, epochs=2, lr=0.1, batch_size=40, progress=False,
+               callback=callback, callback_every=3)
+    steps = [s for s, _ in calls]
+    assert hist.steps == 20
+    assert steps == [0, 3, 6, 9, 12, 15, 18]
+    # the callback sees the model as it is at that step: weights move between calls
+    assert not np.array_equal(calls[0][1], calls[1][1])
+    # without callback_every the callback runs once, before training
+    once = []
+    fit(build_mlp(SIZES, seed=0), data, epochs=1, lr=0.1, batch_size=40, progress=False,
+        callback=lambda s, m: once.append(s))
+    assert once == [0]
+
+
+def test_batch_of_one_at_the_end_of_an_epoch_is_skipped(data):
+    x_train, y_train, x_test, y_test = data
+    # 401 samples in batches of 20: the last batch holds a single sample
+    x = np.concatenate([x_train, x_train[:1]])
+    y = np.concatenate([y_train, y_train[:1]])
+    hist = fit(build_mlp(SIZES, batchnorm=True, seed=0), (x, y, x_test, y_test),
+               epochs=2, lr=0.1, batch_size=20, progress=False)
+    assert hist.steps == 2 * 20 and not hist.diverged
+
+
+def test_drop_last_drops_the_partial_batch(data):
+    x_train, y_train, x_test, y_test = data
+    kept = fit(build_mlp(SIZES, seed=0), data, epochs=1, lr=0.1, batch_size=30,
+               progress=False)
+    dropped = fit(build_mlp(SIZES, seed=0), data, epochs=1, lr=0.1, batch_size=30,
+                  progress=False, drop_last=True)
+    assert kept.steps == 14 and dropped.steps == 13  # 400 = 13 * 30 + 10
+
+
+def test_sum_reduction_with_lr_over_batch_size_matches_mean_reduction(data):
+    mean = fit(build_mlp(SIZES, seed=0, dtype=np.float64), data, epochs=2, lr=0.1,
+               batch_size=20, progress=False)
+    total = fit(build_mlp(SIZES, seed=0, dtype=np.float64), data, epochs=2, lr=0.1 / 20,
+                batch_size=20, progress=False, reduction="sum")
+    # the recorded train loss is per sample in both cases
+    np.testing.assert_allclose(total.train_loss, mean.train_loss, rtol=1e-10)
+    assert total.test_acc == mean.test_acc
+
+
+def test_fit_rejects_bad_arguments(data):
+    x_train, y_train, x_test, y_test = data
+    model = build_mlp(SIZES, seed=0)
+    with pytest.raises(ValueError, match="same number of samples"):
+        fit(model, (x_train, y_train[:-1], x_test, y_test), epochs=1, lr=0.1, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(model, data, epochs=1, lr=0.1, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        fit(model, data, epochs=1, lr=0.0, progress=False)
+
+
+def test_predict_and_evaluate_use_eval_mode_and_restore_the_mode(data):
+    x_train, y_train, x_test, y_test = data
+    model = build_mlp(SIZES, batchnorm=True, seed=0)
+    fit(model, data, epochs=1, lr=0.1, batch_size=20, progress=False)
+    bn = model[1]
+    rm = bn.running_mean.copy()
+    model.train()
+    pred = predict(model, x_test, batch_size=7)  # batch sizes do not matter in eval mode
+    assert model.training and bn.training
+    np.testing.assert_array_equal(bn.running_mean, rm)  # eval mode: no update
+    assert pred.shape == (200,) and set(np.unique(pred)) <= {0, 1}
+    model.eval()
+    np.testing.assert_array_equal(pred, np.argmax(model.forward(x_test), axis=1))
+    assert not model.training
+    predict(model, x_test[:1])
+    assert not model.training
+    assert evaluate(model, x_test, y_test) == np.mean(pred == y_test)
+    assert predict(model, x_test[:0]).shape == (0,)
