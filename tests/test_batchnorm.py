@@ -274,7 +274,7 @@ def test_staged_and_compact_backward_agree_hypothesis():
     hypothesis = pytest.importorskip("hypothesis")
     from hypothesis import strategies as st
 
-    @hypothesis.settings(max_examples=150, deadline=None, derandomize=True,
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
                          database=None)
     @hypothesis.given(
         m=st.integers(2, 30), d=st.integers(1, 8),
