@@ -8,6 +8,7 @@ in Debian's headless `chromium`. For every page of the table of contents:
 - every image has loaded (naturalWidth > 0);
 - math is typeset (MathJax output elements present, no raw `$$` or `\\(` left);
 - the sidebar lists every chapter, in the order of _toc.yml;
+- exercise solutions start folded (dropdowns);
 - each saved ipywidgets view on the page renders as a widget;
 - no request goes to any host but the local server (the book reads offline);
 - a screenshot is saved to test-artifacts/screenshots/<page>.png.
@@ -290,6 +291,7 @@ INSPECT = r"""
   clone.querySelectorAll('pre, code, script, style, textarea, .cell_input, mjx-container').forEach(n => n.remove());
   const text = clone.textContent;
   const untypeset = [...mathNodes].filter(n => !n.querySelector('mjx-container')).map(n => n.textContent.slice(0, 80));
+  const solutions = [...document.querySelectorAll('section#exercises .admonition.dropdown')];
   const nav = [...document.querySelectorAll('nav.bd-docs-nav a.reference.internal')]
       .map(a => ({path: new URL(a.href).pathname, text: a.textContent.trim()}));
   return {
@@ -300,6 +302,8 @@ INSPECT = r"""
     rawDollars: text.includes('$$'),
     rawParens: /\\\(|\\\[/.test(text),
     images: imgs.map(i => ({src: i.getAttribute('src'), complete: i.complete, w: i.naturalWidth})),
+    solutions: solutions.length,
+    solutionsOpen: solutions.filter(d => !d.classList.contains('toggle-hidden')).length,
     views: views.length,
     viewsRendered: views.filter(isRendered).length,
     nav: nav,
@@ -421,6 +425,8 @@ def test_page_in_browser(site, page):
     assert listed == expected, f"{page}: sidebar chapters {listed} differ from the toc {expected}"
     numbers = [n["text"].split(" ", 1)[0] for n in report["nav"] if n["path"] in expected]
     assert numbers == [f"{i}." for i in range(1, len(expected) + 1)], f"{page}: sidebar numbering {numbers}"
+
+    assert report["solutionsOpen"] == 0, f"{page}: {report['solutionsOpen']} exercise solutions are shown open"
 
     if _notebook_has_widget_views(page):
         assert report["views"] > 0, f"{page}: the notebook saves widgets but the page has no widget views"

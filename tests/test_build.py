@@ -209,3 +209,23 @@ def test_pages_load_nothing_from_other_hosts(build):
     assert remote == [], "assets loaded from other hosts:\n" + "\n".join(remote)
     assert (HTML / "_static" / "mathjax" / "tex-chtml.js").exists(), "MathJax is not in the build"
     assert (HTML / "_static" / "widgets" / "embed-amd.js").exists(), "widget manager is not in the build"
+
+
+def test_every_chapter_ends_with_summary_and_exercises(build):
+    """Each chapter has a Summary and an Exercises section; 2-4 solutions, each a 'Solution' dropdown."""
+    problems = []
+    for page in chapter_pages():
+        html = (HTML / f"{page}.html").read_text()
+        headings = re.findall(r"<h2>(?:<span class=\"section-number\">[^<]*</span>)?([^<]*)<a class=\"headerlink\"", html)
+        if "Summary" not in headings or "Exercises" not in headings:
+            problems.append(f"{page}: h2 sections {headings} lack Summary or Exercises")
+            continue
+        exercises = html[html.index('<section id="exercises">'):]
+        admonitions = re.findall(r'<div class="([^"]*\badmonition\b[^"]*)">\s*<p class="admonition-title">([^<]*)</p>', exercises)
+        solutions = [a for a in admonitions if a[1].strip() == "Solution"]
+        if not 2 <= len(solutions) <= 4:
+            problems.append(f"{page}: {len(solutions)} 'Solution' admonitions in Exercises (want 2-4)")
+        closed = [a for a in solutions if "dropdown" in a[0].split()]
+        if len(closed) != len(solutions):
+            problems.append(f"{page}: {len(solutions) - len(closed)} solutions are not dropdowns")
+    assert problems == [], "\n".join(problems)
