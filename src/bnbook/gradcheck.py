@@ -62,13 +62,29 @@ def check_layer_gradients(model, loss_fn, x, y, h: float = 1e-5) -> dict:
     ``loss_fn(logits, y) -> (loss, dlogits)``. The model should be in float64
     and in the mode to check. Batch norm in training mode is fine: each
     perturbed forward pass recomputes the batch statistics, which is what the
-    analytic gradient differentiates. (Running statistics are updated by every
-    call; they do not enter the training-mode output.)
+    analytic gradient differentiates. Running statistics, which every
+    training-mode forward pass updates, are restored when the check ends.
 
     Returns ``{name: relative error}`` with ``"x"`` for the input gradient.
     """
     x = np.array(x, dtype=np.float64)
+    saved = _running_stats(model)
+    try:
+        return _check(model, loss_fn, x, y, h)
+    finally:
+        for arr, old in saved:
+            arr[...] = old
 
+
+def _running_stats(model):
+    """(array, copy) pairs of every running statistic in ``model``."""
+    layers = getattr(model, "layers", [model])
+    return [(arr, arr.copy()) for layer in layers
+            for arr in (getattr(layer, "running_mean", None), getattr(layer, "running_var", None))
+            if arr is not None]
+
+
+def _check(model, loss_fn, x, y, h):
     def loss_at(_):
         return np.asarray(loss_fn(model.forward(x), y)[0])
 
