@@ -197,10 +197,13 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
                 break
             try:
                 logits = model.forward(xb)
-            except ValueError:
-                if _params_finite(model):
+            except ValueError as exc:
+                # A layer refused non-finite activations. Unless the batch itself
+                # holds NaN or inf, the network overflowed: the run diverged.
+                overflowed = "non-finite" in str(exc) and np.isfinite(xb).all()
+                if _params_finite(model) and not overflowed:
                     raise
-                loss = np.nan  # a layer refused the non-finite activations
+                loss = np.nan
             else:
                 loss, dlogits = softmax_cross_entropy(logits, yb, reduction)
             if not np.isfinite(loss):
