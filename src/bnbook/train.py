@@ -188,11 +188,13 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         perm = rng.permutation(n)
-        xs, ys = x_train[perm], y_train[perm]  # one gather per epoch; batches are views
         stop = n - (n % batch_size if drop_last else 0)
         losses = []
         for start in range(0, stop, batch_size):
-            xb, yb = xs[start:start + batch_size], ys[start:start + batch_size]
+            # Gather each batch on its own: a small copy that is still in cache
+            # for the first matmul, instead of a fresh (n, d) copy every epoch.
+            idx = perm[start:start + batch_size]
+            xb, yb = x_train[idx], y_train[idx]
             if len(xb) < 2:
                 break
             try:
