@@ -174,7 +174,7 @@ def softmax_cross_entropy(logits, y, reduction: str = "mean"):
         raise ValueError(f"logits must be 2-D of shape (m, c); got shape {logits.shape}")
     y = np.asarray(y)
     m, c = logits.shape
-    if y.shape != (m,) or not np.issubdtype(y.dtype, np.integer):
+    if y.shape != (m,) or y.dtype.kind not in "iu":  # signed or unsigned integers
         raise ValueError(f"y must be {m} integer labels of shape ({m},); got {y.dtype} {y.shape}")
     if m and (y.min() < 0 or y.max() >= c):
         raise ValueError(f"labels must lie in 0..{c - 1}; got {y.min()}..{y.max()}")
@@ -189,7 +189,7 @@ def softmax_cross_entropy(logits, y, reduction: str = "mean"):
     grad[rows, y] -= 1.0
     if reduction == "mean":
         grad /= m
-        return float(losses.mean()), grad
+        return float(losses.sum() / m), grad  # the mean, without np.mean's Python wrapper
     return float(losses.sum()), grad
 
 
