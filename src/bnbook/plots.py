@@ -155,23 +155,34 @@ def plot_grouped_bars(labels, values, ax=None, title: str = "", ylabel: str = "v
 
 
 def plot_descent(problem, result, ax=None, title: str = "", xlabel: str = "$w_1$",
-                 ylabel: str = "$w_2$", margin: float = 0.15, max_points: int = 4000):
+                 ylabel: str = "$w_2$", margin: float = 0.15, equal: bool = False,
+                 max_points: int = 400):
     """Loss contours of a two-weight problem with a gradient-descent path on them.
 
     ``problem`` has ``loss_grid(w1, w2)`` and ``w_star`` (2,) (for example a
     :class:`bnbook.regression.LeastSquares`); ``result`` has ``path`` (k + 1, 2)
     (a :class:`bnbook.regression.DescentResult`). The window holds the start,
-    the minimum and the path (clipped to 100 times the start-to-minimum
-    distance if the run diverged); the minimum is marked with a star.
+    the minimum and the path (points farther than 100 times the
+    start-to-minimum distance, from a diverging run, are left out); the
+    minimum is marked with a star. ``equal=True`` makes the window square with
+    equal axis scales (so a round bowl looks round). Long paths are thinned
+    for drawing to the first 50 iterates plus ``max_points - 50`` evenly
+    spaced ones (the last one included).
     """
     if ax is None:
         _, ax = new_axes()
-    path = np.asarray(result.path)[:max_points]
+    path = np.asarray(result.path)
+    if len(path) > max_points:
+        rest = np.unique(np.linspace(50, len(path) - 1, max_points - 50).astype(int))
+        path = np.vstack([path[:50], path[rest]])
     w_star = np.asarray(problem.w_star)
     span = np.abs(path[0] - w_star) + 1e-12
     keep = np.all(np.abs(path - w_star) <= 100 * span, axis=1)
     pts = np.vstack([path[keep], w_star])
     lo, hi = pts.min(axis=0), pts.max(axis=0)
+    if equal:
+        centre, half = (lo + hi) / 2, (hi - lo).max() / 2
+        lo, hi = centre - half, centre + half
     pad = margin * (hi - lo) + 1e-12
     xlim, ylim = (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
     plot_loss_contours(problem.loss_grid, xlim, ylim, path=path, ax=ax, title=title,
@@ -179,7 +190,9 @@ def plot_descent(problem, result, ax=None, title: str = "", xlabel: str = "$w_1$
     ax.plot(*w_star, "*", color="gold", mec="black", ms=12, label="minimum")
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
-    ax.legend(loc="upper right", fontsize="small")
+    if equal:
+        ax.set_aspect("equal")
+    ax.legend(loc="best", fontsize="small")
     return ax
 
 

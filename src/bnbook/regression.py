@@ -35,6 +35,7 @@ __all__ = [
     "min_max_scale",
     "whiten",
     "with_intercept",
+    "two_scale_problems",
     "make_teacher_data",
     "PreactivationRecorder",
     "drift_network",
@@ -212,6 +213,23 @@ def condition_number(X, intercept: bool = False) -> float:
     X = with_intercept(X) if intercept else np.asarray(X, dtype=float)
     ev = np.linalg.eigvalsh(X.T @ X / len(X))
     return float(ev[-1] / ev[0])
+
+
+def two_scale_problems(ratio: float = 10.0, n: int = 200, noise: float = 0.5, seed=0):
+    """The running example of chapter 1 at a given feature scale ratio.
+
+    ``x1 ~ U(1, 5)`` and ``x2 ~ U(ratio, 5 * ratio)``; targets
+    ``y = 2 x1 + (3 / ratio) x2 + noise`` (both features contribute equally).
+    Returns ``(raw, std)``: the :class:`LeastSquares` problem of the model
+    ``y ~ w1 x1 + w2 x2`` on the raw features, and that of
+    ``y - mean(y) ~ v1 z1 + v2 z2`` on the standardized features ``z`` (with
+    centred features the best intercept is ``mean(y)`` whatever ``v`` is, so
+    it is fitted once and gradient descent only has to find ``v``).
+    """
+    X = make_scaled_features(n, ((1.0, 5.0), (ratio, 5.0 * ratio)), seed=seed)
+    y = make_linear_targets(X, (2.0, 3.0 / ratio), noise=noise, seed=seed + 1)
+    Z, _, _ = standardize(X)
+    return LeastSquares(X, y), LeastSquares(Z, y - y.mean())
 
 
 # --------------------------------------------------------------------------
