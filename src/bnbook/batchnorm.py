@@ -126,14 +126,24 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     gamma = _check_param(gamma, d, "gamma", x.dtype)
     beta = _check_param(beta, d, "beta", x.dtype)
     eps = _check_eps(eps)
+    return _normalize(x, gamma, beta, eps)
 
+
+def _normalize(x, gamma, beta, eps, xc=None, xhat=None):
+    """The arithmetic of :func:`batchnorm_forward`, on checked arguments.
+
+    ``xc`` and ``xhat``, if given, are arrays of x's shape and dtype that
+    receive those nodes (the layer reuses them from step to step); ``None``
+    allocates new ones. Returns ``(out, cache)``.
+    """
+    m = x.shape[0]
     mu = x.sum(axis=0) / m  # the mean; sum / m skips np.mean's Python wrapper (same bits)
-    xc = x - mu
+    xc = np.subtract(x, mu, out=xc)  # x - mu
     var = np.einsum("ij,ij->j", xc, xc) / m  # biased: divide by m
     _check_finite_stats(var)
     std = np.sqrt(var + eps)
     inv_std = 1.0 / std
-    xhat = xc * inv_std
+    xhat = np.multiply(xc, inv_std, out=xhat)  # xc * inv_std
     out = xhat * gamma
     out += beta
     return out, BNCache(x, mu, xc, var, std, inv_std, xhat, gamma, beta, eps)
@@ -164,15 +174,24 @@ def batchnorm_backward(dout, cache: BNCache):
     dx : (m, d);  dgamma : (d,);  dbeta : (d,).
     """
     dout = _check_dout(dout, cache)
+    return _compact_backward(dout, cache)
+
+
+def _compact_backward(dout, cache: BNCache, t=None):
+    """The arithmetic of :func:`batchnorm_backward`, on a checked ``dout``.
+
+    ``t``, if given, is an array of dout's shape and dtype for the
+    intermediate ``m * dout - dbeta`` (the layer reuses it from step to step).
+    """
     m = dout.shape[0]
     xhat = cache.xhat
     dbeta = dout.sum(axis=0)
     dgamma = np.einsum("ij,ij->j", dout, xhat)
     # dx = (gamma * inv_std / m) * (m * dout - dbeta - xhat * dgamma), evaluated
-    # in the same order (same rounding, same dtype) in place: two (m, d) arrays
-    # instead of five (fresh large arrays cost page faults)
+    # in the same order (same rounding, same dtype) in place: one new (m, d)
+    # array instead of five (fresh large arrays cost page faults)
     dx = xhat * dgamma
-    t = m * dout
+    t = np.multiply(dout, m, out=t)  # m * dout
     t -= dbeta
     np.subtract(t, dx, out=dx)
     dx *= cache.gamma * cache.inv_std / m
@@ -273,6 +292,19 @@ class BatchNorm1d:
         self.running_var = np.ones(d, dtype=self.dtype)
         self.training = True
         self._cache: BNCache | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def _buffer(self, name: str, like: np.ndarray) -> np.ndarray:
+        """An array of ``like``'s shape and dtype kept from step to step.
+
+        The (m, d) intermediates of a step live in these instead of fresh
+        arrays: for large batches, new arrays every step cost page faults
+        (the OS hands out zeroed memory), about a quarter of the time.
+        """
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self._buffers[name] = np.empty_like(like)
+        return buf
 
     # mode switches, as in torch
     def train(self, mode: bool = True) -> "BatchNorm1d":
@@ -297,8 +329,15 @@ class BatchNorm1d:
             self._cache = None
             return batchnorm_eval(x, self.gamma, self.beta, self.running_mean,
                                   self.running_var, self.eps)
-        out, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps)
-        m = x.shape[0]
+        # batchnorm_forward, with the cached nodes xc and xhat written into this
+        # layer's buffers (over the previous step's, which backward is done with)
+        x = _check_batch(x)
+        m, d = x.shape
+        gamma = _check_param(self.gamma, d, "gamma", x.dtype)
+        beta = _check_param(self.beta, d, "beta", x.dtype)
+        eps = _check_eps(self.eps)
+        out, cache = _normalize(x, gamma, beta, eps,
+                                xc=self._buffer("xc", x), xhat=self._buffer("xhat", x))
         mom = self.momentum
         self.running_mean *= 1.0 - mom
         self.running_mean += mom * cache.mu
@@ -317,7 +356,9 @@ class BatchNorm1d:
                 "backward() needs a forward() in training mode first "
                 "(eval mode keeps no cache: its statistics are constants)"
             )
-        dx, dgamma, dbeta = batchnorm_backward(dout, self._cache)
+        dout = _check_dout(dout, self._cache)
+        # batchnorm_backward, with its intermediate in a buffer of this layer
+        dx, dgamma, dbeta = _compact_backward(dout, self._cache, t=self._buffer("t", dout))
         self.dgamma[...] = dgamma
         self.dbeta[...] = dbeta
         return dx
