@@ -249,17 +249,18 @@ class Page:
         return result["result"].get("value")
 
     def screenshot(self, path: Path) -> None:
+        """The whole page (up to MAX_SHOT_HEIGHT): the viewport is made as tall
+        as the page for the shot, then restored. (Chromium's captureBeyondViewport
+        shifts this theme's layout sideways.)"""
         size = self.send("Page.getLayoutMetrics")["cssContentSize"]
-        height = min(int(size["height"]) + 1, MAX_SHOT_HEIGHT)
-        shot = self.send(
-            "Page.captureScreenshot",
-            {
-                "format": "png",
-                "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": WIDTH, "height": height, "scale": 1},
-            },
-            timeout=PAGE_TIMEOUT,
-        )
+        height = max(HEIGHT, min(int(size["height"]) + 1, MAX_SHOT_HEIGHT))
+        metrics = {"width": WIDTH, "deviceScaleFactor": 1, "mobile": False}
+        self.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": height})
+        try:
+            time.sleep(0.3)  # let the layout settle at the new height
+            shot = self.send("Page.captureScreenshot", {"format": "png"}, timeout=PAGE_TIMEOUT)
+        finally:
+            self.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": HEIGHT})
         path.write_bytes(base64.b64decode(shot["data"]))
 
 
