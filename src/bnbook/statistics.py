@@ -257,5 +257,5 @@ def plot_running_averages(truth, observed, momenta, init: float = 0.0, ax=None,
     ax.set_ylabel("mean of the feature (input units)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper center", ncol=2)
     return ax
