@@ -63,8 +63,8 @@ def _newest_source_mtime(sources=SOURCES) -> float:
         path = ROOT / name
         files = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
         for f in files:
-            if ".ipynb_checkpoints" in f.parts or not f.is_file():
-                continue
+            if ".ipynb_checkpoints" in f.parts or "__pycache__" in f.parts or not f.is_file():
+                continue  # (the build itself writes tools/__pycache__)
             newest = max(newest, f.stat().st_mtime)
     return newest
 
