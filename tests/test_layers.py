@@ -341,3 +341,28 @@ def test_sgd_rejects_learning_rate_not_positive(lr):
 def test_sgd_rejects_momentum_outside_0_1(momentum):
     with pytest.raises(ValueError, match="momentum"):
         SGD(OneParam(), lr=0.1, momentum=momentum)
+
+
+def test_in_mode_switches_mode_and_restores_it_even_after_an_error():
+    from bnbook.layers import in_mode
+    net = build_mlp([4, 3, 2], batchnorm=True, dtype=np.float64, seed=0)
+    net.train()
+    with in_mode(net, training=False):
+        assert not net.training and not net[1].training
+    assert net.training and net[1].training
+    with pytest.raises(RuntimeError):
+        with in_mode(net, training=False):
+            raise RuntimeError("inside the block")
+    assert net.training and net[1].training
+
+
+def test_running_stats_kept_undoes_training_mode_forward_passes():
+    from bnbook.layers import running_stats_kept
+    net = build_mlp([4, 3, 2], batchnorm=True, dtype=np.float64, seed=0)
+    before_mean, before_var = net[1].running_mean.copy(), net[1].running_var.copy()
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(16, 4))
+    with running_stats_kept(net):
+        net.forward(x)
+        assert not np.array_equal(net[1].running_mean, before_mean)  # the pass moved them ...
+    assert np.array_equal(net[1].running_mean, before_mean)          # ... and they are back, bit for bit
+    assert np.array_equal(net[1].running_var, before_var)

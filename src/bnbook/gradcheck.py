@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layers import running_stats_kept
+
 __all__ = ["numerical_gradient", "relative_error", "check_layer_gradients"]
 
 
@@ -68,20 +70,8 @@ def check_layer_gradients(model, loss_fn, x, y, h: float = 1e-5) -> dict:
     Returns ``{name: relative error}`` with ``"x"`` for the input gradient.
     """
     x = np.array(x, dtype=np.float64)
-    saved = _running_stats(model)
-    try:
+    with running_stats_kept(model):
         return _check(model, loss_fn, x, y, h)
-    finally:
-        for arr, old in saved:
-            arr[...] = old
-
-
-def _running_stats(model):
-    """(array, copy) pairs of every running statistic in ``model``."""
-    layers = getattr(model, "layers", [model])
-    return [(arr, arr.copy()) for layer in layers
-            for arr in (getattr(layer, "running_mean", None), getattr(layer, "running_var", None))
-            if arr is not None]
 
 
 def _check(model, loss_fn, x, y, h):

@@ -14,6 +14,8 @@ The batch-norm layer itself, :class:`~bnbook.batchnorm.BatchNorm1d`, lives in
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .batchnorm import BatchNorm1d
@@ -29,6 +31,8 @@ __all__ = [
     "init_weights",
     "build_mlp",
     "SGD",
+    "in_mode",
+    "running_stats_kept",
 ]
 
 
@@ -312,3 +316,31 @@ class SGD:
                 v += g
                 g = v
             p -= self.lr * g
+
+
+@contextmanager
+def in_mode(model, training: bool):
+    """Run a ``with`` block with ``model`` in training (True) or eval (False)
+    mode, and give it back its previous mode afterwards."""
+    was_training = getattr(model, "training", True)
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def running_stats_kept(model):
+    """Run a ``with`` block, then put back every ``running_mean`` and
+    ``running_var`` of ``model``'s layers (a Sequential or a single layer):
+    training-mode forward passes made inside leave no trace in them."""
+    layers = getattr(model, "layers", [model])
+    saved = [(arr, arr.copy()) for layer in layers
+             for arr in (getattr(layer, "running_mean", None), getattr(layer, "running_var", None))
+             if arr is not None]
+    try:
+        yield model
+    finally:
+        for arr, old in saved:
+            arr[...] = old

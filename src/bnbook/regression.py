@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import Linear, build_mlp
+from .layers import Linear, build_mlp, in_mode
 
 __all__ = [
     "make_scaled_features",
@@ -324,16 +324,13 @@ class PreactivationRecorder:
     def __call__(self, step: int, model) -> None:
         linear_idx = [i for i, layer in enumerate(model.layers) if isinstance(layer, Linear)]
         hidden = set(linear_idx[:-1])
-        was_training = getattr(model, "training", True)
-        model.eval()  # no batch-norm statistics get updated by a measurement
-        try:
+        # eval mode: no batch-norm statistics get updated by a measurement
+        with in_mode(model, training=False):
             h, rec = self.probe, []
             for i, layer in enumerate(model.layers[:linear_idx[-1]]):
                 h = layer.forward(h)
                 if i in hidden:
                     rec.append(np.array(h, copy=True))
-        finally:
-            model.train(was_training)
         self.steps.append(int(step))
         self._values.append(rec)
 

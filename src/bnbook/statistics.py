@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .batchnorm import BatchNorm1d
-from .layers import SGD, softmax_cross_entropy
+from .layers import SGD, in_mode, running_stats_kept, softmax_cross_entropy
 
 __all__ = [
     "ema",
@@ -122,20 +122,13 @@ def bn_inputs(model, x, batch_size: int = 2000) -> list:
     The network runs in eval mode (earlier BN layers use their running
     statistics). Returns a list with one array (n, num_features) per BN layer.
     """
-    layers = _layers(model)
-    was_training = getattr(model, "training", True)
-    for layer in layers:
-        layer.eval()
     found = []
-    try:
+    with in_mode(model, training=False):
         chunks = [np.asarray(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        for layer in layers:
+        for layer in _layers(model):
             if isinstance(layer, BatchNorm1d):
                 found.append(np.concatenate(chunks))
             chunks = [layer.forward(c) for c in chunks]
-    finally:
-        for layer in layers:
-            layer.train(was_training)
     return found
 
 
@@ -162,13 +155,9 @@ def recompute_bn_statistics(model, x, batch_size: int = 1000):
     n = len(x)
     if n < 2:
         raise ValueError(f"need at least 2 samples to estimate a variance; got {n}")
-    layers = _layers(model)
-    was_training = getattr(model, "training", True)
-    for layer in layers:
-        layer.eval()
-    try:
+    with in_mode(model, training=False):
         chunks = [x[i:i + batch_size] for i in range(0, n, batch_size)]
-        for layer in layers:
+        for layer in _layers(model):
             if isinstance(layer, BatchNorm1d):
                 s1 = sum(c.sum(axis=0, dtype=np.float64) for c in chunks)
                 mean = s1 / n
@@ -177,9 +166,6 @@ def recompute_bn_statistics(model, x, batch_size: int = 1000):
                 layer.running_mean[...] = mean
                 layer.running_var[...] = ss / (n - 1)
             chunks = [layer.forward(c) for c in chunks]
-    finally:
-        for layer in layers:
-            layer.train(was_training)
     return bn_layers(model)
 
 
@@ -196,11 +182,7 @@ def accuracy_with_batch_statistics(model, x, y, batch_size: int) -> float:
     with the batch before it.
     """
     x, y = np.asarray(x), np.asarray(y)
-    bns = bn_layers(model)
-    saved = [(b.running_mean.copy(), b.running_var.copy()) for b in bns]
-    was_training = getattr(model, "training", True)
-    model.train()
-    try:
+    with running_stats_kept(model), in_mode(model, training=True):
         starts = list(range(0, len(x), batch_size))
         if len(starts) > 1 and len(x) - starts[-1] < 2:
             starts.pop()
@@ -208,11 +190,6 @@ def accuracy_with_batch_statistics(model, x, y, batch_size: int) -> float:
         correct = 0
         for a, b in zip(starts, ends):
             correct += int(np.sum(np.argmax(model.forward(x[a:b]), axis=1) == y[a:b]))
-    finally:
-        for bn, (mu, var) in zip(bns, saved):
-            bn.running_mean[...] = mu
-            bn.running_var[...] = var
-        model.train(was_training)
     return correct / len(x)
 
 

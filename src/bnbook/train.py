@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layers import SGD, softmax_cross_entropy
+from .layers import SGD, in_mode, softmax_cross_entropy
 
 __all__ = ["History", "fit", "evaluate", "predict", "Progress"]
 
@@ -63,13 +63,9 @@ def predict(model, x, batch_size: int = 2000) -> np.ndarray:
 
     The model's mode is restored afterwards.
     """
-    was_training = getattr(model, "training", True)
-    model.eval()
-    try:
+    with in_mode(model, training=False):
         out = [np.argmax(model.forward(x[i:i + batch_size]), axis=1)
                for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
