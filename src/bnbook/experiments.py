@@ -99,15 +99,22 @@ def lr_grid(data, lrs, *, epochs: int, seed: int = 0, reuse: dict | None = None,
     instead of being trained again. Other keywords (``sizes``,
     ``batch_size``, ...) go to :func:`run_pair`.
     """
+    return _sweep(data, "lr", lrs, epochs=epochs, reuse=reuse, seed=seed,
+                  progress=progress, **pair_kw)
+
+
+def _sweep(data, key: str, values, *, epochs: int, reuse: dict | None, **pair_kw) -> dict:
+    """``{v: run_pair(..., key=v)}`` for every v in ``values``, labelled
+    ``" {key} {v}"``; a pair given in ``reuse[v]`` is cut to ``epochs``
+    instead of being trained again."""
     reuse = reuse or {}
-    grid = {}
-    for lr in lrs:
-        if lr in reuse:
-            grid[lr] = {k: truncate(h, epochs) for k, h in reuse[lr].items()}
+    out = {}
+    for v in values:
+        if v in reuse:
+            out[v] = {k: truncate(h, epochs) for k, h in reuse[v].items()}
         else:
-            grid[lr] = run_pair(data, lr=lr, epochs_bn=epochs, seed=seed,
-                                progress=progress, tag=f" lr {lr:g}", **pair_kw)
-    return grid
+            out[v] = run_pair(data, epochs_bn=epochs, tag=f" {key} {v:g}", **{key: v}, **pair_kw)
+    return out
 
 
 def milestones(history: History, epochs=(1, 5, 10, 50), targets=(0.97, 0.98)) -> dict:
@@ -238,12 +245,5 @@ def weight_scale_sweep(data, gains, *, epochs: int, lr: float, seed: int = 0,
     in :func:`lr_grid` (a pair trained at this ``lr`` with gain g, cut to
     ``epochs``); other keywords go to :func:`run_pair`.
     """
-    reuse = reuse or {}
-    out = {}
-    for g in gains:
-        if g in reuse:
-            out[g] = {k: truncate(h, epochs) for k, h in reuse[g].items()}
-        else:
-            out[g] = run_pair(data, lr=lr, epochs_bn=epochs, seed=seed, gain=g,
-                              progress=progress, tag=f" gain {g:g}", **pair_kw)
-    return out
+    return _sweep(data, "gain", gains, epochs=epochs, reuse=reuse, lr=lr, seed=seed,
+                  progress=progress, **pair_kw)
