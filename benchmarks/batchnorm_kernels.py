@@ -24,20 +24,16 @@ PyTorch is not a requirement of the book; this benchmark needs it:
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--threads", type=int,
-                    default=int(os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()),
-                    help="BLAS / torch threads (default: $OPENBLAS_NUM_THREADS or the CPU count)")
-parser.add_argument("--repeats", type=int, default=15, help="timed repeats per library and size")
-args = parser.parse_args()
+from bench_common import import_torch, parse_args
 
-# The thread count is read when the libraries load: set it before importing them.
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(args.threads)
+
+def _arguments(parser):
+    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per library and size")
+
+
+args = parse_args(__doc__, _arguments)  # before NumPy loads: it sets the BLAS threads
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -45,11 +41,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-try:
-    import torch
-except ImportError:
-    sys.exit("This benchmark compares bnbook with PyTorch, which is not installed "
-             "(it is not a requirement of the book): pip install torch==2.13.0")
+torch = import_torch()
 
 from bnbook.batchnorm import BatchNorm1d  # noqa: E402
 

@@ -35,22 +35,18 @@ random data of the same shape, and says so.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--threads", type=int,
-                    default=int(os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()),
-                    help="BLAS / torch threads (default: $OPENBLAS_NUM_THREADS or the CPU count)")
-parser.add_argument("--runs", type=int, default=5, help="timed epochs of each library (>= 5)")
-parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffle")
-args = parser.parse_args()
+from bench_common import import_torch, parse_args
 
-# The BLAS libraries read their thread count when they are loaded: set it before
-# numpy and torch are imported.
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(args.threads)
+
+def _arguments(parser):
+    parser.add_argument("--runs", type=int, default=5, help="timed epochs of each library (>= 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffle")
+
+
+args = parse_args(__doc__, _arguments)  # before NumPy loads: it sets the BLAS threads
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -58,11 +54,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-try:
-    import torch
-except ImportError:
-    sys.exit("This benchmark compares bnbook with PyTorch, which is not installed "
-             "(it is not a requirement of the book): pip install torch==2.13.0")
+torch = import_torch()
 
 from bnbook.layers import build_mlp  # noqa: E402
 from bnbook.mnist import load_mnist  # noqa: E402

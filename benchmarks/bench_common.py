@@ -1,0 +1,39 @@
+"""What the benchmark scripts share: the ``--threads`` option, which must take
+effect before NumPy and PyTorch are loaded, and the import of PyTorch (not a
+requirement of the book, so its absence ends the script with a clear message).
+
+Import this module before NumPy: ``parse_args`` sets the BLAS thread count
+through the environment variables the libraries read when they load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parse_args(doc: str, add_arguments=None) -> argparse.Namespace:
+    """Parse the command line (``--threads`` plus what ``add_arguments(parser)``
+    adds) and set the thread count of the BLAS libraries loaded after this call."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int,
+                        default=int(os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()),
+                        help="BLAS / torch threads (default: $OPENBLAS_NUM_THREADS or the CPU count)")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    for var in BLAS_THREAD_VARIABLES:
+        os.environ[var] = str(args.threads)
+    return args
+
+
+def import_torch():
+    """PyTorch, or exit with a message saying how to install it."""
+    try:
+        import torch
+    except ImportError:
+        sys.exit("This benchmark compares bnbook with PyTorch, which is not installed "
+                 "(it is not a requirement of the book): pip install torch==2.13.0")
+    return torch
