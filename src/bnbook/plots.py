@@ -8,9 +8,11 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .statistics import ema
+
 __all__ = ["new_axes", "plot_histories", "plot_percentile_bands", "plot_loss_contours",
            "show_digits", "plot_error_vs_step", "plot_grouped_bars",
-           "plot_descent", "plot_histograms_at_steps"]
+           "plot_descent", "plot_histograms_at_steps", "plot_running_averages"]
 
 
 def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float = 3.6, **kw):
@@ -219,4 +221,25 @@ def plot_histograms_at_steps(steps, values, at, ax=None, bins: int = 40, title: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return ax
+
+
+def plot_running_averages(truth, observed, momenta, init: float = 0.0, ax=None,
+                          title: str = "Running mean of one feature"):
+    """Draw the batch statistic ``observed`` (T,), the quantity it estimates
+    ``truth`` (T,), and its running average (PyTorch convention, starting at
+    ``init``) for each momentum in ``momenta``. Returns the axes."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.8), constrained_layout=True)
+    t = np.arange(1, len(observed) + 1)
+    ax.plot(t, observed, ".", ms=2.5, color="0.7", label="batch mean")
+    ax.plot(t, truth, "k--", lw=1, label="population mean")
+    for m in momenta:
+        ax.plot(np.arange(len(observed) + 1), ema(observed, m, init), lw=1.6,
+                label=f"running mean, momentum {m:g}")
+    ax.set_xlabel("training step (batches seen)")
+    ax.set_ylabel("mean of the feature (input units)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper center", ncol=2)
     return ax

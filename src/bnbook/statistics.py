@@ -12,6 +12,8 @@
   mistake, without touching the running statistics) and
   :func:`train_on_batches` (SGD over a *given* sequence of batches, for
   non-i.i.d. orders that :func:`bnbook.train.fit` deliberately never makes).
+
+The figure of these running averages is :func:`bnbook.plots.plot_running_averages`.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ __all__ = [
     "recompute_bn_statistics",
     "accuracy_with_batch_statistics",
     "train_on_batches",
-    "plot_running_averages",
 ]
 
 
@@ -210,29 +211,3 @@ def train_on_batches(model, x, y, batches, lr: float) -> np.ndarray:
         model.backward(dlogits, need_input_grad=False)
         opt.step()
     return losses
-
-
-# --------------------------------------------------------------------------
-# figure (kept here, next to the simulation it draws)
-# --------------------------------------------------------------------------
-def plot_running_averages(truth, observed, momenta, init: float = 0.0, ax=None,
-                          title: str = "Running mean of one feature"):
-    """Draw the batch statistic ``observed`` (T,), the quantity it estimates
-    ``truth`` (T,), and its running average (PyTorch convention, starting at
-    ``init``) for each momentum in ``momenta``. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 3.8), constrained_layout=True)
-    t = np.arange(1, len(observed) + 1)
-    ax.plot(t, observed, ".", ms=2.5, color="0.7", label="batch mean")
-    ax.plot(t, truth, "k--", lw=1, label="population mean")
-    for m in momenta:
-        ax.plot(np.arange(len(observed) + 1), ema(observed, m, init), lw=1.6,
-                label=f"running mean, momentum {m:g}")
-    ax.set_xlabel("training step (batches seen)")
-    ax.set_ylabel("mean of the feature (input units)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", ncol=2)
-    return ax
