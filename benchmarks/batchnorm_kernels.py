@@ -2,7 +2,8 @@
 
     python benchmarks/batchnorm_kernels.py [--threads N] [--repeats 15]
 
-For each batch shape (m, d) in (100, 300), (256, 1024), (1024, 4096), float32:
+For each batch shape (m, d) in (100, 300), (256, 1024), (1024, 4096) -- and
+(100, 50), the book's second batch-norm layer -- in float32:
 
 * bnbook: ``BatchNorm1d(d)`` in training mode, ``forward(x)`` then
   ``backward(dout)`` (which also stores dgamma and dbeta and updates the
@@ -14,6 +15,21 @@ For each batch shape (m, d) in (100, 300), (256, 1024), (1024, 4096), float32:
 Each timing is the median of ``--repeats`` repeats (each repeat calls the pair
 enough times to last about 50 ms); the two libraries' repeats alternate. The
 script also checks that both compute the same dx.
+
+The NumPy floor: the least time any NumPy code with the book's arithmetic
+(two-pass variance) could take. One step needs at least 4 reductions over
+the batch axis (the mean, the variance of ``x - mu``, ``sum(dout)``,
+``sum(dout * (x - mu))``) and 7 elementwise ufunc passes over (m, d) arrays:
+3 forward (``x - mu``, the scale ``gamma / sigma``, the shift ``beta``) and
+4 backward (``dx = a * dout - b * (x - mu) - c`` joins five operands, and a
+ufunc joins two), one of which joins two (m, d) arrays. The floor prices each
+at NumPy's fastest loop of its kind on contiguous arrays -- a (d,) operand as
+cheap as a scalar, the sums by BLAS (``ones @ x``) where that is faster --
+and adds no Python overhead. No runnable code reaches it; it says how much
+of a gap to torch is NumPy's and how much is the code's. Its parts are timed
+right after the pair, alternating among themselves, and printed in a second
+table beside a (d,) operand broadcast by NumPy and by bnbook's ``_rowwise``
+(the same bits without NumPy's buffer refills; see its docstring).
 
 Threads: ``--threads N`` (default: $OPENBLAS_NUM_THREADS, else the number of
 CPUs) for both libraries. bnbook's batch norm is plain NumPy and uses one
@@ -43,9 +59,10 @@ import numpy as np  # noqa: E402
 
 torch = import_torch()
 
-from bnbook.batchnorm import BatchNorm1d  # noqa: E402
+from bnbook.batchnorm import BatchNorm1d, _rowwise  # noqa: E402
 
-SHAPES = [(100, 300), (256, 1024), (1024, 4096)]
+# the issue's three sizes, and the book's second batch-norm layer (100, 50)
+SHAPES = [(100, 50), (100, 300), (256, 1024), (1024, 4096)]
 
 
 def calls_for(fn, seconds=0.05):
@@ -61,6 +78,17 @@ def seconds_per_call(fn, number):
     for _ in range(number):
         fn()
     return (time.perf_counter() - t0) / number
+
+
+def alternating_medians(named_fns):
+    """Median seconds per call of each ``(name, fn)``, over ``--repeats`` repeats
+    that take the functions in turn (reversed every other repeat)."""
+    timed = [(name, fn, calls_for(fn)) for name, fn in named_fns]
+    times = {name: [] for name, _, _ in timed}
+    for r in range(args.repeats):
+        for name, fn, number in (timed if r % 2 == 0 else timed[::-1]):
+            times[name].append(seconds_per_call(fn, number))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def contenders(m, d):
@@ -88,6 +116,37 @@ def contenders(m, d):
     return ours, theirs
 
 
+# How many of each NumPy operation one step needs at the least (see the docstring).
+FLOOR_COUNTS = {"scalar": 6, "two arrays": 1, "sum": 2, "sum of products": 2}
+
+
+def numpy_passes(m, d):
+    """One pass of each kind over (m, d) float32 arrays, as (name, callable):
+    the floor's parts, and a (d,) operand broadcast plainly and by bnbook's
+    ``_rowwise`` (the same bits, NumPy's buffers avoided)."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((m, d)).astype(np.float32)
+    b = rng.standard_normal((m, d)).astype(np.float32)
+    v = rng.standard_normal(d).astype(np.float32)
+    out = np.empty_like(a)
+    ones = np.ones(m, dtype=np.float32)
+    return [
+        ("scalar", lambda: np.multiply(a, 2.0, out=out)),
+        ("(d,) broadcast", lambda: np.multiply(a, v, out=out)),
+        ("(d,) _rowwise", lambda: _rowwise(np.multiply, a, v, out=out)),
+        ("two arrays", lambda: np.multiply(a, b, out=out)),
+        ("sum, ufunc", lambda: a.sum(axis=0)),
+        ("sum, BLAS", lambda: ones @ a),
+        ("sum of products", lambda: np.einsum("ij,ij->j", a, b)),
+    ]
+
+
+def floor_seconds(median_of):
+    """The floor, from the median seconds of each pass (the cheaper of the two sums)."""
+    median_of = dict(median_of, sum=min(median_of["sum, ufunc"], median_of["sum, BLAS"]))
+    return sum(count * median_of[name] for name, count in FLOOR_COUNTS.items())
+
+
 def main():
     torch.set_num_threads(args.threads)
     print("Batch norm forward + backward, float32, bnbook (NumPy) vs torch (CPU kernel + autograd)")
@@ -97,23 +156,30 @@ def main():
           f"torch {torch.__version__}; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.2f}")
     print(f"median of {args.repeats} alternating repeats\n")
-    print(f"{'(m, d)':>13}  {'bnbook us':>10}  {'torch us':>10}  {'bnbook/torch':>12}  dx agree")
-    ratios = []
+    print(f"{'(m, d)':>13}  {'bnbook us':>10}  {'torch us':>10}  {'bnbook/torch':>12}  "
+          f"{'floor us':>9}  {'floor/torch':>11}  dx agree")
+    ratios, floor_ratios, passes = {}, {}, {}
     for m, d in SHAPES:
         ours, theirs = contenders(m, d)
         dx_ours, dx_theirs = ours(), theirs().numpy()
         err = np.max(np.abs(dx_ours - dx_theirs)) / np.max(np.abs(dx_theirs))
-        n_ours, n_theirs = calls_for(ours), calls_for(theirs)
-        times = {"bnbook": [], "torch": []}
-        for r in range(args.repeats):
-            pair = [("bnbook", ours, n_ours), ("torch", theirs, n_theirs)]
-            for name, fn, number in (pair if r % 2 == 0 else pair[::-1]):
-                times[name].append(seconds_per_call(fn, number))
-        a, b = statistics.median(times["bnbook"]), statistics.median(times["torch"])
-        ratios.append(a / b)
+        # the pair first, alternating; then NumPy's passes (timed apart: the BLAS
+        # sum leaves OpenBLAS threads spinning, which would slow torch's next call)
+        median_of = alternating_medians([("bnbook", ours), ("torch", theirs)])
+        passes[(m, d)] = alternating_medians(numpy_passes(m, d))
+        median_of.update(passes[(m, d)])
+        a, b, f = median_of["bnbook"], median_of["torch"], floor_seconds(median_of)
+        ratios[(m, d)], floor_ratios[(m, d)] = a / b, f / b
         print(f"{str((m, d)):>13}  {a * 1e6:10.1f}  {b * 1e6:10.1f}  {a / b:12.2f}  "
-              f"{'yes' if err < 1e-4 else 'NO'} ({err:.0e})")
-    print(f"\nworst ratio bnbook/torch: {max(ratios):.2f}")
+              f"{f * 1e6:9.1f}  {f / b:11.2f}  {'yes' if err < 1e-4 else 'NO'} ({err:.0e})")
+    names = [name for name, _ in numpy_passes(2, 1)]
+    print("\nNumPy passes over (m, d) float32, median us (the floor's parts; "
+          "'scalar' also prices a (d,) operand)")
+    print(f"{'(m, d)':>13}" + "".join(f"  {name:>15}" for name in names))
+    for shape, median_of in passes.items():
+        print(f"{str(shape):>13}" + "".join(f"  {median_of[n] * 1e6:15.1f}" for n in names))
+    print(f"\nworst ratio bnbook/torch: {max(ratios.values()):.2f} "
+          f"(NumPy floor/torch: {max(floor_ratios.values()):.2f})")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ tolerance. Comparisons with PyTorch live in test_torch_parity.py.
 import numpy as np
 import pytest
 
+import bnbook.batchnorm as batchnorm_module
 from bnbook.batchnorm import (
     BatchNorm1d,
     BNCache,
@@ -16,6 +17,8 @@ from bnbook.batchnorm import (
     batchnorm_eval,
     batchnorm_forward,
     fold_batchnorm,
+    _rows_per_loop,
+    _rowwise,
 )
 from bnbook.gradcheck import numerical_gradient, relative_error
 from bnbook.layers import Linear
@@ -399,6 +402,76 @@ def test_layer_backward_without_training_forward_raises():
     bn.eval().forward(np.ones((3, 2), dtype=np.float32))
     with pytest.raises(RuntimeError, match="forward"):
         bn.backward(np.ones((3, 2)))
+
+
+# --------------------------------------------------------------------------
+# _rowwise: a (d,) vector against every row, faster, with broadcasting's bits
+# --------------------------------------------------------------------------
+ROWWISE_SHAPES = [(100, 50), (100, 300), (256, 1024), (1024, 40), (97, 1000), (8, 9000), (2000, 300)]
+
+
+@pytest.mark.parametrize("m, d", ROWWISE_SHAPES)
+@pytest.mark.parametrize("ufunc", [np.add, np.subtract, np.multiply])
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.float64, np.float64),
+                                    (np.float32, np.float64)])
+def test_rowwise_equals_broadcasting_bit_for_bit(m, d, ufunc, dtypes):
+    rng = np.random.default_rng(m * d)
+    a = rng.standard_normal((m, d)).astype(dtypes[0])
+    v = rng.standard_normal(d).astype(dtypes[1])
+    expected = ufunc(a, v)
+    got = _rowwise(ufunc, a, v)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)  # tolerance: none, the same bits
+    out = np.empty_like(expected)
+    assert _rowwise(ufunc, a, v, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    in_place = a.astype(expected.dtype)
+    _rowwise(ufunc, in_place, v, out=in_place)
+    np.testing.assert_array_equal(in_place, expected)
+
+
+def test_rowwise_on_a_non_contiguous_array_equals_broadcasting():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((256, 2048)).astype(np.float32)[:, ::2]  # (256, 1024) view
+    v = rng.standard_normal(1024).astype(np.float32)
+    np.testing.assert_array_equal(_rowwise(np.multiply, a, v), a * v)
+    out = np.empty((1024, 256), dtype=np.float32).T  # Fortran-ordered output
+    _rowwise(np.subtract, np.ascontiguousarray(a), v, out=out)
+    np.testing.assert_array_equal(out, a - v)
+
+
+@pytest.mark.parametrize("m, d, k", [
+    (256, 1024, 8),     # 8 rows make 8192 elements
+    (1024, 4096, 2),
+    (2000, 300, 40),    # the fewest divisor of 2000 with 300 k >= 8192
+    (100, 300, 1),      # 28 rows would be needed: more than a quarter of 100
+    (97, 1000, 1),      # 97 is prime
+    (8, 9000, 1),       # a row already fills a buffer
+])
+def test_rows_per_loop_joins_the_fewest_rows_that_fill_a_buffer(m, d, k):
+    assert _rows_per_loop(m, d) == k
+
+
+def test_layer_on_a_large_batch_has_the_bits_of_plain_broadcasting(monkeypatch):
+    """The layer's step, on a batch where _rowwise joins rows, equals the same
+    step with every (d,) operand broadcast by NumPy (no tolerance)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(1.0, 2.0, (256, 1024)).astype(np.float32)
+    dout = rng.standard_normal((256, 1024)).astype(np.float32)
+
+    def step():
+        bn = BatchNorm1d(1024)
+        bn.gamma[...] = rng.uniform(0.5, 2.0, 1024)
+        out, dx = bn.forward(x), bn.backward(dout)
+        return out, dx, bn.dgamma, bn.dbeta, bn.running_mean, bn.running_var, bn.eval().forward(x)
+
+    state = rng.bit_generator.state
+    fast = step()
+    monkeypatch.setattr(batchnorm_module, "_rowwise", lambda ufunc, a, v, out=None: ufunc(a, v, out=out))
+    rng.bit_generator.state = state
+    plain = step()
+    for f, p in zip(fast, plain):
+        np.testing.assert_array_equal(f, p)
 
 
 # --------------------------------------------------------------------------
