@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from bnbook.experiments import (LABELS, SigmoidProbe, format_milestones, last_hidden_input,
-                                lr_grid, milestones, paper_experiment, run_pair,
-                                sum_vs_mean_step, truncate, weight_scale_sweep)
+from bnbook.experiments import (LABELS, SigmoidProbe, format_milestones, format_spread,
+                                last_hidden_input, lr_grid, milestones, paper_experiment,
+                                run_pair, seed_spread, sum_vs_mean_step, truncate,
+                                weight_scale_sweep)
 from bnbook.layers import build_mlp
 from bnbook.train import History
 
@@ -118,3 +119,32 @@ def test_weight_scale_sweep_shapes():
                                sizes=SIZES, batch_size=20)
     assert sorted(sweep) == [0.1, 1.0]
     assert all(len(sweep[g][k].test_acc) == 1 for g in sweep for k in LABELS)
+
+
+def test_seed_spread_trains_each_seed_and_reuses_a_given_pair():
+    data = blobs()
+    kw = dict(lr=0.1, sizes=SIZES, batch_size=20, progress=False)
+    seed0 = run_pair(data, epochs_bn=3, seed=0, **kw)
+    spread = seed_spread(data, [0, 1, 2], epochs=2, reuse={0: seed0}, **kw)
+    assert list(spread) == [0, 1, 2]
+    assert spread[0]["BN"].test_acc == seed0["BN"].test_acc[:2]  # cut, not retrained
+    alone = run_pair(data, epochs_bn=2, seed=1, **kw)
+    for k in LABELS:
+        assert spread[1][k].test_acc == alone[k].test_acc  # the seed is run_pair's seed
+        assert spread[1][k].label == f"{k} seed 1"
+    assert spread[1]["BN"].test_acc != spread[2]["BN"].test_acc  # seeds differ
+
+
+def test_format_spread_shows_each_seed_the_range_and_divergence():
+    def hist(accs, diverged_at=None):
+        return History(label="h", test_acc=accs, train_loss=[1.0] * len(accs),
+                       seconds=[0.1] * len(accs), steps=len(accs), diverged_at=diverged_at)
+    by_seed = {0: {"BN": hist([0.91, 0.965]), "plain": hist([0.88, 0.9475])},
+               1: {"BN": hist([0.9077, 0.9649]), "plain": hist([0.1135, np.nan], diverged_at=2)}}
+    text = format_spread(by_seed, epochs=(1, 2), title="demo")
+    lines = text.splitlines()
+    assert lines[0].split() == ["demo", "seed", "0", "seed", "1", "range"]
+    assert lines[2].split() == ["BN,", "epoch", "1", "91.00", "90.77", "90.77-91.00"]
+    assert lines[3].split() == ["BN,", "epoch", "2", "96.50", "96.49", "96.49-96.50"]
+    assert lines[5].split() == ["plain,", "epoch", "2", "94.75", "diverged", "94.75-94.75"]
+    assert len(lines) == 6

@@ -39,6 +39,8 @@ __all__ = [
     "SigmoidProbe",
     "paper_experiment",
     "weight_scale_sweep",
+    "seed_spread",
+    "format_spread",
 ]
 
 #: The seed article's network: 784 inputs, hidden layers of 300 and 50, 10 classes.
@@ -247,3 +249,39 @@ def weight_scale_sweep(data, gains, *, epochs: int, lr: float, seed: int = 0,
     """
     return _sweep(data, "gain", gains, epochs=epochs, reuse=reuse, lr=lr, seed=seed,
                   progress=progress, **pair_kw)
+
+
+def seed_spread(data, seeds, *, epochs: int, lr: float, reuse: dict | None = None,
+                progress: bool = True, **pair_kw) -> dict:
+    """The same pair of networks trained from every seed of ``seeds``.
+
+    The seed sets both the initial weights and the shuffling. Returns
+    ``{seed: {"BN": History, "plain": History}}``. ``reuse`` works as in
+    :func:`lr_grid` (``{seed: pair}`` trained with the same settings, cut to
+    ``epochs``); other keywords (``reduction``, ``gain``, ...) go to
+    :func:`run_pair`.
+    """
+    return _sweep(data, "seed", seeds, epochs=epochs, reuse=reuse, lr=lr,
+                  progress=progress, **pair_kw)
+
+
+def format_spread(by_seed: dict, epochs=(1, 10), title: str = "") -> str:
+    """A text table of :func:`seed_spread` results: the test accuracy (%) of each
+    network after each of ``epochs``, one column per seed, and the range.
+
+    A run that diverged before an epoch shows ``diverged`` there (and is left
+    out of the range).
+    """
+    seeds = list(by_seed)
+    head = f"{title:<22}" + "".join(f"{'seed ' + str(s):>10}" for s in seeds) + f"{'range':>17}"
+    lines = [head, "-" * len(head)]
+    for name in LABELS:
+        for e in epochs:
+            accs = [by_seed[s][name].acc_at(e) if e <= len(by_seed[s][name].test_acc) else None
+                    for s in seeds]
+            cells = "".join(f"{'-' if a is None else 'diverged' if not np.isfinite(a) else format(100 * a, '.2f'):>10}"
+                            for a in accs)
+            ok = [100 * a for a in accs if a is not None and np.isfinite(a)]
+            span = f"{min(ok):.2f}-{max(ok):.2f}" if ok else "-"
+            lines.append(f"{name + ', epoch ' + str(e):<22}{cells}{span:>17}")
+    return "\n".join(lines)

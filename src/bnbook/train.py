@@ -234,7 +234,8 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
     if hist.diverged:
         summary = f"diverged in epoch {hist.diverged_at} (loss became non-finite)"
     else:
-        summary = (f"{len(hist.test_acc)} epochs: final loss {hist.train_loss[-1]:.4f}, "
+        n = len(hist.test_acc)
+        summary = (f"{n} epoch{'' if n == 1 else 's'}: final loss {hist.train_loss[-1]:.4f}, "
                    f"test acc {100 * hist.test_acc[-1]:.2f}%")
     bar.close(f"{label + ': ' if label else ''}{summary} in {hist.wall_time:.1f} s")
     return hist
