@@ -172,7 +172,7 @@ def main():
         ratios[(m, d)], floor_ratios[(m, d)] = a / b, f / b
         print(f"{str((m, d)):>13}  {a * 1e6:10.1f}  {b * 1e6:10.1f}  {a / b:12.2f}  "
               f"{f * 1e6:9.1f}  {f / b:11.2f}  {'yes' if err < 1e-4 else 'NO'} ({err:.0e})")
-    names = [name for name, _ in numpy_passes(2, 1)]
+    names = list(next(iter(passes.values())))  # the passes, in numpy_passes' order
     print("\nNumPy passes over (m, d) float32, median us (the floor's parts; "
           "'scalar' also prices a (d,) operand)")
     print(f"{'(m, d)':>13}" + "".join(f"  {name:>15}" for name in names))

@@ -117,12 +117,11 @@ def _rowwise(ufunc, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
     repeat costs what it saves) and arrays that are not C-contiguous take
     the plain broadcast.
     """
-    if a.size < 4 * _BUFSIZE:  # first, and cheap: the book's batches end here
-        return ufunc(a, v, out=out)
-    m, d = a.shape
-    k = _rows_per_loop(m, d)
+    # the size test first: it is cheap, and the book's training batches end there
+    k = 1 if a.size < 4 * _BUFSIZE else _rows_per_loop(*a.shape)
     if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
         return ufunc(a, v, out=out)
+    m, d = a.shape
     if out is None:
         out = np.empty(a.shape, dtype=np.result_type(a, v))
     v_rows = np.empty((k, d), dtype=v.dtype)
@@ -238,7 +237,6 @@ def _compact_backward(dout, cache: BNCache, t=None):
     # dx = (gamma * inv_std / m) * (m * dout - dbeta - xhat * dgamma), evaluated
     # in the same order (same rounding, same dtype) in place: one new (m, d)
     # array instead of five (fresh large arrays cost page faults)
-    # (_rowwise(ufunc, a, v) is ufunc(a, v) with v broadcast over the rows, faster)
     dx = _rowwise(np.multiply, xhat, dgamma)  # xhat * dgamma
     t = np.multiply(dout, m, out=t)  # m * dout
     _rowwise(np.subtract, t, dbeta, out=t)  # - dbeta

@@ -279,9 +279,15 @@ def format_spread(by_seed: dict, epochs=(1, 10), title: str = "") -> str:
         for e in epochs:
             accs = [by_seed[s][name].acc_at(e) if e <= len(by_seed[s][name].test_acc) else None
                     for s in seeds]
-            cells = "".join(f"{'-' if a is None else 'diverged' if not np.isfinite(a) else format(100 * a, '.2f'):>10}"
-                            for a in accs)
+            cells = "".join(f"{_percent_or_state(a):>10}" for a in accs)
             ok = [100 * a for a in accs if a is not None and np.isfinite(a)]
             span = f"{min(ok):.2f}-{max(ok):.2f}" if ok else "-"
             lines.append(f"{name + ', epoch ' + str(e):<22}{cells}{span:>17}")
     return "\n".join(lines)
+
+
+def _percent_or_state(acc) -> str:
+    """An accuracy in % for a table cell: '-' if not run, 'diverged' if NaN."""
+    if acc is None:
+        return "-"
+    return "diverged" if not np.isfinite(acc) else f"{100 * acc:.2f}"
