@@ -318,14 +318,31 @@ class BatchNorm1d:
     Attributes: ``gamma`` (ones), ``beta`` (zeros), ``running_mean`` (zeros),
     ``running_var`` (ones), all of shape (d,); after :meth:`backward`,
     ``dgamma`` and ``dbeta`` of shape (d,).
+
+    Two options reproduce other code's conventions (chapter 6 replicates the
+    "10 Days of Grad" article's code with them); the defaults are torch's:
+
+    * ``param_grads="sum"`` stores ``m`` times the gradients of ``gamma`` and
+      ``beta`` (an (m, d) batch): the gradient of the loss summed over the
+      batch, while ``dx`` stays that of the loss as given. With a loss
+      averaged over the batch this is what the article's code does (it
+      averages the Linear layers' gradients but sums batch norm's), and it
+      amounts to a learning rate ``m`` times larger for ``gamma`` and ``beta``.
+    * ``unbiased_running_var=False`` feeds the biased batch variance (the one
+      used to normalize) into ``running_var`` instead of ``m / (m - 1)`` times it.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 dtype=np.float32):
+                 dtype=np.float32, param_grads: str = "mean",
+                 unbiased_running_var: bool = True):
         if int(num_features) != num_features or num_features < 1:
             raise ValueError(f"num_features must be a positive integer; got {num_features!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
+        if param_grads not in ("mean", "sum"):
+            raise ValueError(f"param_grads must be 'mean' or 'sum'; got {param_grads!r}")
+        self.param_grads = param_grads
+        self.unbiased_running_var = bool(unbiased_running_var)
         d = int(num_features)
         self.num_features = d
         self.eps = _check_eps(eps)
@@ -389,7 +406,8 @@ class BatchNorm1d:
         self.running_mean *= 1.0 - mom
         self.running_mean += mom * cache.mu
         self.running_var *= 1.0 - mom
-        self.running_var += (mom * m / (m - 1)) * cache.var
+        correction = m / (m - 1) if self.unbiased_running_var else 1.0
+        self.running_var += (mom * correction) * cache.var
         self._cache = cache
         return out
 
@@ -406,13 +424,19 @@ class BatchNorm1d:
         dout = _check_dout(dout, self._cache)
         # batchnorm_backward, with its intermediate in a buffer of this layer
         dx, dgamma, dbeta = _compact_backward(dout, self._cache, t=self._buffer("t", dout))
+        if self.param_grads == "sum":
+            m = dout.shape[0]
+            dgamma, dbeta = m * dgamma, m * dbeta
         self.dgamma[...] = dgamma
         self.dbeta[...] = dbeta
         return dx
 
     def __repr__(self) -> str:
+        extra = "" if self.param_grads == "mean" else f", param_grads={self.param_grads!r}"
+        if not self.unbiased_running_var:
+            extra += ", unbiased_running_var=False"
         return (f"BatchNorm1d({self.num_features}, eps={self.eps:g}, "
-                f"momentum={self.momentum:g})")
+                f"momentum={self.momentum:g}{extra})")
 
 
 def fold_batchnorm(weight, bias, bn: BatchNorm1d):

@@ -94,14 +94,25 @@ class Linear(Layer):
     ``W`` has shape (in_features, out_features), ``b`` shape (out_features,)
     (absent when ``bias=False``: the usual choice before batch norm, whose
     shift ``beta`` makes a bias redundant). ``x`` (m, in) -> ``y`` (m, out).
+
+    ``bias_init`` : ``"zeros"`` (default) or ``"normal"``: N(0, 1) biases drawn
+    from ``bias_rng`` (a Generator or seed), as the "10 Days of Grad" code
+    does (chapter 6).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32):
+                 init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32,
+                 bias_init: str = "zeros", bias_rng=None):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.W = init_weights(self.in_features, self.out_features, init, gain, rng, dtype)
         self.dW = np.zeros_like(self.W)
-        self.b = np.zeros(self.out_features, dtype=dtype) if bias else None
+        if bias_init == "zeros":
+            b = np.zeros(self.out_features, dtype=dtype)
+        elif bias_init == "normal":
+            b = np.random.default_rng(bias_rng).standard_normal(self.out_features).astype(dtype)
+        else:
+            raise ValueError(f"bias_init must be 'zeros' or 'normal'; got {bias_init!r}")
+        self.b = b if bias else None
         self.db = np.zeros_like(self.b) if bias else None
         self._x = None
 
@@ -260,7 +271,9 @@ class Sequential(Layer):
 
 def build_mlp(sizes, batchnorm: bool = False, activation: str = "relu",
               init: str | None = None, gain: float = 1.0, seed=0,
-              dtype=np.float32, bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+              dtype=np.float32, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
+              bias_init: str = "zeros", output_bias: bool = True,
+              bn_param_grads: str = "mean", bn_unbiased_running_var: bool = True):
     """A fully connected network ``sizes[0] -> ... -> sizes[-1]``.
 
     Each hidden layer is ``Linear -> [BatchNorm1d] -> activation``; with
@@ -273,6 +286,14 @@ def build_mlp(sizes, batchnorm: bool = False, activation: str = "relu",
     weights. ``init`` defaults to He for ReLU and Xavier for sigmoid; ``gain``
     multiplies every weight's standard deviation.
 
+    ``bias_init="normal"`` draws the biases from N(0, 1), from a second
+    generator (seeded from ``seed``), so the weights stay those of the same
+    seed with or without biases. ``output_bias=False`` drops the output
+    layer's bias too. ``bn_param_grads`` and ``bn_unbiased_running_var`` are
+    passed to every :class:`~bnbook.batchnorm.BatchNorm1d` (``param_grads``,
+    ``unbiased_running_var``). Chapter 6 uses these options to rebuild the
+    "10 Days of Grad" networks.
+
     Example: ``build_mlp([784, 300, 50, 10], batchnorm=True)``.
     """
     acts = {"relu": ReLU, "sigmoid": Sigmoid}
@@ -281,15 +302,18 @@ def build_mlp(sizes, batchnorm: bool = False, activation: str = "relu",
     if init is None:
         init = "he" if activation == "relu" else "xavier"
     rng = np.random.default_rng(seed)
+    bias_rng = np.random.default_rng([seed, 1]) if bias_init == "normal" else None
     layers = []
     for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
         layers.append(Linear(fan_in, fan_out, bias=not batchnorm, init=init, gain=gain,
-                             rng=rng, dtype=dtype))
+                             rng=rng, dtype=dtype, bias_init=bias_init, bias_rng=bias_rng))
         if batchnorm:
-            layers.append(BatchNorm1d(fan_out, eps=bn_eps, momentum=bn_momentum, dtype=dtype))
+            layers.append(BatchNorm1d(fan_out, eps=bn_eps, momentum=bn_momentum, dtype=dtype,
+                                      param_grads=bn_param_grads,
+                                      unbiased_running_var=bn_unbiased_running_var))
         layers.append(acts[activation]())
-    layers.append(Linear(sizes[-2], sizes[-1], bias=True, init=init, gain=gain,
-                         rng=rng, dtype=dtype))
+    layers.append(Linear(sizes[-2], sizes[-1], bias=output_bias, init=init, gain=gain,
+                         rng=rng, dtype=dtype, bias_init=bias_init, bias_rng=bias_rng))
     return Sequential(*layers)
 
 

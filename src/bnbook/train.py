@@ -142,7 +142,8 @@ def _params_finite(model) -> bool:
 def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int = 0,
         momentum: float = 0.0, reduction: str = "mean", drop_last: bool = False,
         progress: bool = True, label: str = "", callback=None,
-        callback_every: int = 0, max_steps: int | None = None) -> History:
+        callback_every: int = 0, max_steps: int | None = None,
+        shuffle: str = "every epoch") -> History:
     """Train ``model`` with mini-batch SGD and record a :class:`History`.
 
     Parameters
@@ -163,6 +164,9 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
         measurements during training; its return value is ignored.
     max_steps : stop after this many SGD steps in total (the last epoch may
         be partial; it is still evaluated and recorded).
+    shuffle : ``"every epoch"`` (a new order each epoch) or ``"once"`` (one
+        order drawn before the first epoch, so every epoch visits the same
+        batches in the same order, as the "10 Days of Grad" code does).
 
     If the loss or a parameter becomes non-finite the run stops, and
     ``History.diverged_at`` records the epoch; later epochs are recorded as NaN.
@@ -173,7 +177,10 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
         raise ValueError("inputs and labels must have the same number of samples")
     if batch_size < 1 or int(batch_size) != batch_size:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if shuffle not in ("every epoch", "once"):
+        raise ValueError(f"shuffle must be 'every epoch' or 'once'; got {shuffle!r}")
     rng = np.random.default_rng(seed)
+    perm = rng.permutation(n) if shuffle == "once" else None
     opt = SGD(model, lr, momentum)
     hist = History(label=label)
     bar = Progress(epochs, label, enabled=progress)
@@ -183,7 +190,8 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
         callback(0, model)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        perm = rng.permutation(n)
+        if shuffle == "every epoch":
+            perm = rng.permutation(n)
         stop = n - (n % batch_size if drop_last else 0)
         losses = []
         for start in range(0, stop, batch_size):
