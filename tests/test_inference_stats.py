@@ -1,11 +1,11 @@
-"""Tests of bnbook.statistics: running averages, conventions, population statistics."""
+"""Tests of bnbook.inference_stats: running averages, conventions, population statistics."""
 import copy
 
 import numpy as np
 import pytest
 
 from bnbook import BatchNorm1d, build_mlp, evaluate
-from bnbook.statistics import (accuracy_with_batch_statistics, bn_inputs, bn_layers, ema,
+from bnbook.inference_stats import (accuracy_with_batch_statistics, bn_inputs, bn_layers, ema,
                                ema_startup_bias, half_life, keras_to_pytorch,
                                pytorch_to_keras, recompute_bn_statistics, train_on_batches)
 

@@ -1,4 +1,4 @@
-"""Tests for bnbook.regression (chapter 1's helpers) and the two plots it uses."""
+"""Tests for bnbook.input_normalization (chapter 1's helpers) and the two plots it uses."""
 
 import matplotlib
 
@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from bnbook import plots  # noqa: E402
-from bnbook.regression import (LeastSquares, PreactivationRecorder, condition_number,  # noqa: E402
+from bnbook.input_normalization import (LeastSquares, PreactivationRecorder, condition_number,  # noqa: E402
                                drift_network, gradient_descent, make_correlated_features,
                                make_linear_targets, make_scaled_features, make_teacher_data,
                                min_max_scale, standardize, steps_bound, whiten,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .statistics import ema
+from .inference_stats import ema
 
 __all__ = ["new_axes", "plot_histories", "plot_percentile_bands", "plot_loss_contours",
            "show_digits", "plot_error_vs_step", "plot_grouped_bars",
@@ -162,8 +162,8 @@ def plot_descent(problem, result, ax=None, title: str = "", xlabel: str = "$w_1$
     """Loss contours of a two-weight problem with a gradient-descent path on them.
 
     ``problem`` has ``loss_grid(w1, w2)`` and ``w_star`` (2,) (for example a
-    :class:`bnbook.regression.LeastSquares`); ``result`` has ``path`` (k + 1, 2)
-    (a :class:`bnbook.regression.DescentResult`). The window holds the start,
+    :class:`bnbook.input_normalization.LeastSquares`); ``result`` has ``path`` (k + 1, 2)
+    (a :class:`bnbook.input_normalization.DescentResult`). The window holds the start,
     the minimum and the path (points farther than 100 times the
     start-to-minimum distance, from a diverging run, are left out); the
     minimum is marked with a star. ``equal=True`` makes the window square with
