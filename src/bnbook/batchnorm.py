@@ -1,8 +1,15 @@
-"""Batch normalization for fully connected layers.
+"""Batch normalization for fully connected layers (chapters 2-7).
+
+Chapter 2 derives :func:`batchnorm_forward`, chapter 3 the two backward
+passes, chapter 4 checks them numerically, chapter 5 uses the layer's
+running statistics and :func:`fold_batchnorm`, and chapters 6 and 7 train
+networks with :class:`BatchNorm1d`.
 
 Shapes, used throughout: ``x`` is a mini-batch of shape ``(m, d)`` -- ``m``
 samples, ``d`` features. Statistics are taken over the batch axis (axis 0), so
-means, variances, ``gamma`` and ``beta`` all have shape ``(d,)``.
+means, variances, ``gamma`` and ``beta`` all have shape ``(d,)``. The names
+are the book's notation (``book/notation.md``): ``mu``, ``xc``, ``sq``,
+``var``, ``v``, ``std``, ``inv_std``, ``xhat``, ``z``, ``y``.
 
 Three levels of the same mathematics live here:
 
@@ -16,9 +23,11 @@ Three levels of the same mathematics live here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
+
+from .protocol import (NormLayer, check_batch, check_eps, check_finite, check_momentum,
+                       check_param)
 
 __all__ = [
     "BNCache",
@@ -31,108 +40,18 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------
-# input checks
-# --------------------------------------------------------------------------
-def _as_float(x: np.ndarray) -> np.ndarray:
-    """Return ``x`` as a floating array (integers and bools become float64)."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":  # dtype.kind: same test as np.issubdtype, 10x cheaper
-        x = x.astype(np.float64)
-    return x
-
-
-def _check_batch(x, name: str = "x", training: bool = True) -> np.ndarray:
-    x = _as_float(x)
-    if x.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2-D of shape (m, d) (batch, features); got shape {x.shape}"
-        )
-    if training and x.shape[0] < 2:
+def _check_training_batch(x) -> np.ndarray:
+    x = check_batch(x)
+    if x.shape[0] < 2:
         raise ValueError(
             f"batch norm in training mode needs a batch of at least 2 samples; "
-            f"got {name} of shape {x.shape}. With one sample the batch variance is 0 "
+            f"got x of shape {x.shape}. With one sample the batch variance is 0 "
             "and every output equals beta. Use eval mode for single samples, or drop "
             "/ merge the last partial batch."
         )
     return x
 
 
-def _check_param(p, d: int, name: str, dtype) -> np.ndarray:
-    p = np.asarray(p)
-    if p.shape != (d,):
-        raise ValueError(f"{name} must have shape ({d},) to match x; got shape {p.shape}")
-    if not np.isfinite(p).all():  # the method skips np.all's Python wrapper
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return p.astype(dtype, copy=False)
-
-
-def _check_eps(eps: float) -> float:
-    if not np.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a positive finite number; got {eps!r}")
-    return float(eps)
-
-
-def _check_finite_stats(var: np.ndarray, name: str = "x") -> None:
-    # A NaN or inf anywhere in x makes its column's variance NaN or inf, so
-    # checking the (d,) vector is enough and costs nothing next to the batch.
-    if not np.isfinite(var).all():
-        bad = np.flatnonzero(~np.isfinite(var))
-        raise ValueError(
-            f"{name} contains non-finite values (NaN or inf), or values so large "
-            f"that their variance overflows, in feature(s) {bad[:10].tolist()}"
-        )
-
-
-# --------------------------------------------------------------------------
-# one (d,) vector against every row of an (m, d) batch, at full speed
-# --------------------------------------------------------------------------
-_BUFSIZE = 8192  # elements in a buffer of NumPy's iterator: np.getbufsize()'s default
-
-
-@lru_cache(maxsize=256)
-def _rows_per_loop(m: int, d: int) -> int:
-    """How many rows of an (m, d) array :func:`_rowwise` joins into one: the
-    fewest (a divisor k of m) that make a row of at least ``_BUFSIZE``
-    elements, or 1 where that would take more than a quarter of the batch."""
-    if d >= _BUFSIZE:
-        return 1
-    for k in range(2, m // 4 + 1):
-        if m % k == 0 and k * d >= _BUFSIZE:
-            return k
-    return 1
-
-
-def _rowwise(ufunc, a: np.ndarray, v: np.ndarray, out=None) -> np.ndarray:
-    """``ufunc(a, v, out=out)`` for ``a`` of shape (m, d) and ``v`` of shape (d,).
-
-    The same operations, so the same bits, as NumPy's broadcasting, but faster
-    on large batches. NumPy 2.4 passes a broadcast (d,) operand through its
-    iterator's buffers and refills them row after row when a row is shorter
-    than a buffer (8192 elements; numpy/numpy#13307): at (256, 1024) such an
-    operation takes about 1.5 times as long as one between two full arrays
-    (``benchmarks/batchnorm_kernels.py`` times both). Here k consecutive rows
-    are viewed as one row of length k*d, against ``v`` repeated k times: rows
-    long enough to need no buffer. Arrays under four buffers (where the
-    repeat costs what it saves) and arrays that are not C-contiguous take
-    the plain broadcast.
-    """
-    # the size test first: it is cheap, and the book's training batches end there
-    k = 1 if a.size < 4 * _BUFSIZE else _rows_per_loop(*a.shape)
-    if k == 1 or not a.flags.c_contiguous or (out is not None and not out.flags.c_contiguous):
-        return ufunc(a, v, out=out)
-    m, d = a.shape
-    if out is None:
-        out = np.empty(a.shape, dtype=np.result_type(a, v))
-    v_rows = np.empty((k, d), dtype=v.dtype)
-    v_rows[...] = v
-    ufunc(a.reshape(m // k, k * d), v_rows.reshape(k * d), out=out.reshape(m // k, k * d))
-    return out
-
-
-# --------------------------------------------------------------------------
-# functional form
-# --------------------------------------------------------------------------
 @dataclass
 class BNCache:
     """What the forward pass keeps for the backward pass.
@@ -167,49 +86,44 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     -------
     out : array of shape (m, d), ``gamma * (x - mu) / sqrt(var + eps) + beta``.
     cache : :class:`BNCache` for :func:`batchnorm_backward`.
+
+    Raises :class:`~bnbook.protocol.NonFiniteError` (a ValueError) if a
+    feature's variance is NaN or inf (non-finite or overflowing input).
     """
-    x = _check_batch(x)
+    x = _check_training_batch(x)
     m, d = x.shape
-    gamma = _check_param(gamma, d, "gamma", x.dtype)
-    beta = _check_param(beta, d, "beta", x.dtype)
-    eps = _check_eps(eps)
-    return _normalize(x, gamma, beta, eps)
+    gamma = check_param(gamma, d, "gamma", x.dtype)
+    beta = check_param(beta, d, "beta", x.dtype)
+    eps = check_eps(eps)
 
-
-def _normalize(x, gamma, beta, eps, xc=None, xhat=None):
-    """The arithmetic of :func:`batchnorm_forward`, on checked arguments.
-
-    ``xc`` and ``xhat``, if given, are arrays of x's shape and dtype that
-    receive those nodes (the layer reuses them from step to step); ``None``
-    allocates new ones. Returns ``(out, cache)``.
-    """
-    m = x.shape[0]
-    mu = x.sum(axis=0) / m  # the mean; sum / m skips np.mean's Python wrapper (same bits)
-    xc = _rowwise(np.subtract, x, mu, out=xc)  # x - mu
-    var = np.einsum("ij,ij->j", xc, xc) / m  # biased: divide by m
-    _check_finite_stats(var)
-    std = np.sqrt(var + eps)
-    inv_std = 1.0 / std
-    xhat = _rowwise(np.multiply, xc, inv_std, out=xhat)  # xc * inv_std
-    out = _rowwise(np.multiply, xhat, gamma)  # gamma * xhat + beta
-    _rowwise(np.add, out, beta, out=out)
-    return out, BNCache(x, mu, xc, var, std, inv_std, xhat, gamma, beta, eps)
+    mu = x.sum(axis=0) / m      # 1 mean      mu = (1/m) sum_i x_i
+    xc = x - mu                 # 2 centre    c_i = x_i - mu
+    sq = xc ** 2                # 3 square    q_i = c_i^2
+    var = sq.sum(axis=0) / m    # 4 variance  sigma^2 = (1/m) sum_i q_i  (biased)
+    check_finite(var, ", or values so large that their variance overflows, in feature(s)")
+    v = var + eps               # 5 add eps   v = sigma^2 + eps
+    std = np.sqrt(v)            # 6 root      s = sqrt(v)
+    inv_std = 1.0 / std         # 7 invert    r = 1 / s
+    xhat = xc * inv_std         # 8 normalize xhat_i = c_i r
+    z = gamma * xhat            # 9 scale     z_i = gamma xhat_i
+    y = z + beta                # 10 shift    y_i = z_i + beta
+    return y, BNCache(x, mu, xc, var, std, inv_std, xhat, gamma, beta, eps)
 
 
 def _check_dout(dout, cache: BNCache) -> np.ndarray:
-    dout = _as_float(dout)
+    dout = np.asarray(dout)
     if dout.shape != cache.xhat.shape:
         raise ValueError(
             f"dout must have the shape of x {cache.xhat.shape}; got {dout.shape}"
         )
-    return dout
+    return dout if dout.dtype.kind == "f" else dout.astype(np.float64)
 
 
 def batchnorm_backward(dout, cache: BNCache):
     """Gradients of batch norm, compact closed form.
 
-    ``dx = gamma / (m * sigma) * (m * dout - sum(dout) - xhat * sum(dout * xhat))``
-    with sums over the batch axis.
+    ``dx = gamma / (m * s) * (m * dout - sum(dout) - xhat * sum(dout * xhat))``
+    with sums over the batch axis and ``s = sqrt(var + eps)``.
 
     Parameters
     ----------
@@ -221,40 +135,24 @@ def batchnorm_backward(dout, cache: BNCache):
     dx : (m, d);  dgamma : (d,);  dbeta : (d,).
     """
     dout = _check_dout(dout, cache)
-    return _compact_backward(dout, cache)
-
-
-def _compact_backward(dout, cache: BNCache, t=None):
-    """The arithmetic of :func:`batchnorm_backward`, on a checked ``dout``.
-
-    ``t``, if given, is an array of dout's shape and dtype for the
-    intermediate ``m * dout - dbeta`` (the layer reuses it from step to step).
-    """
     m = dout.shape[0]
-    xhat = cache.xhat
+    xhat, gamma, inv_std = cache.xhat, cache.gamma, cache.inv_std
     dbeta = dout.sum(axis=0)
-    dgamma = np.einsum("ij,ij->j", dout, xhat)
-    # dx = (gamma * inv_std / m) * (m * dout - dbeta - xhat * dgamma), evaluated
-    # in the same order (same rounding, same dtype) in place: one new (m, d)
-    # array instead of five (fresh large arrays cost page faults)
-    dx = _rowwise(np.multiply, xhat, dgamma)  # xhat * dgamma
-    t = np.multiply(dout, m, out=t)  # m * dout
-    _rowwise(np.subtract, t, dbeta, out=t)  # - dbeta
-    np.subtract(t, dx, out=dx)
-    _rowwise(np.multiply, dx, cache.gamma * cache.inv_std / m, out=dx)
+    dgamma = (dout * xhat).sum(axis=0)
+    dx = (gamma * inv_std / m) * (m * dout - dbeta - xhat * dgamma)
     return dx, dgamma, dbeta
 
 
 def batchnorm_backward_staged(dout, cache: BNCache):
     """Gradients of batch norm by the chain rule, one line per graph node.
 
-    The forward graph, in order::
+    The forward graph, in order (the book's notation)::
 
         1 mu = mean(x)          6 std = sqrt(v)
-        2 xc = x - mu           7 inv = 1 / std
-        3 sq = xc ** 2          8 xhat = xc * inv
-        4 var = mean(sq)        9 y = gamma * xhat
-        5 v = var + eps        10 out = y + beta
+        2 xc = x - mu           7 inv_std = 1 / std
+        3 sq = xc ** 2          8 xhat = xc * inv_std
+        4 var = mean(sq)        9 z = gamma * xhat
+        5 v = var + eps        10 y = z + beta   (the output; its gradient is dout)
 
     The backward pass visits the nodes in reverse. Same shapes and return
     values as :func:`batchnorm_backward`.
@@ -262,15 +160,15 @@ def batchnorm_backward_staged(dout, cache: BNCache):
     dout = _check_dout(dout, cache)
     m = dout.shape[0]
     x, xc, xhat = cache.x, cache.xc, cache.xhat
-    std, inv, gamma = cache.std, cache.inv_std, cache.gamma
+    std, inv_std, gamma = cache.std, cache.inv_std, cache.gamma
 
-    dbeta = dout.sum(axis=0)                     # 10  out = y + beta
-    dy = dout                                    # 10  (y passes dout on unchanged)
-    dgamma = (dy * xhat).sum(axis=0)             # 9   y = gamma * xhat
-    dxhat = dy * gamma                           # 9
-    dinv = (dxhat * xc).sum(axis=0)              # 8   xhat = xc * inv
-    dxc_direct = dxhat * inv                     # 8   (first path into xc)
-    dstd = -dinv / std**2                        # 7   inv = 1 / std
+    dbeta = dout.sum(axis=0)                     # 10  y = z + beta
+    dz = dout                                    # 10  (z passes dout on unchanged)
+    dgamma = (dz * xhat).sum(axis=0)             # 9   z = gamma * xhat
+    dxhat = dz * gamma                           # 9
+    dinv_std = (dxhat * xc).sum(axis=0)          # 8   xhat = xc * inv_std
+    dxc_direct = dxhat * inv_std                 # 8   (first path into xc)
+    dstd = -dinv_std / std**2                    # 7   inv_std = 1 / std
     dv = 0.5 * dstd / std                        # 6   std = sqrt(v)
     dvar = dv                                    # 5   v = var + eps
     dsq = np.broadcast_to(dvar / m, x.shape)     # 4   var = mean(sq)
@@ -287,27 +185,24 @@ def batchnorm_eval(x, gamma, beta, mean, var, eps: float = 1e-5):
     """Inference-mode batch norm with fixed statistics.
 
     ``x`` of shape (m, d) with any m >= 1; ``gamma, beta, mean, var`` of shape
-    (d,). Returns ``gamma * (x - mean) / sqrt(var + eps) + beta``, shape (m, d).
+    (d,). Returns ``gamma * (x - mean) / sqrt(var + eps) + beta``, shape (m, d),
+    computed as ``x * scale + (beta - mean * scale)`` with
+    ``scale = gamma / sqrt(var + eps)``.
     """
-    x = _check_batch(x, training=False)
+    x = check_batch(x)
     d = x.shape[1]
-    gamma = _check_param(gamma, d, "gamma", x.dtype)
-    beta = _check_param(beta, d, "beta", x.dtype)
-    mean = _check_param(mean, d, "mean", x.dtype)
-    var = _check_param(var, d, "var", x.dtype)
-    eps = _check_eps(eps)
+    gamma = check_param(gamma, d, "gamma", x.dtype)
+    beta = check_param(beta, d, "beta", x.dtype)
+    mean = check_param(mean, d, "mean", x.dtype)
+    var = check_param(var, d, "var", x.dtype)
+    eps = check_eps(eps)
     scale = gamma / np.sqrt(var + eps)
-    out = _rowwise(np.multiply, x, scale)  # x * scale
-    _rowwise(np.add, out, beta - mean * scale, out=out)
-    if not np.all(np.isfinite(out)):
-        raise ValueError("x contains non-finite values (NaN or inf)")
+    out = x * scale + (beta - mean * scale)
+    check_finite(out, " in sample(s)")
     return out
 
 
-# --------------------------------------------------------------------------
-# the layer
-# --------------------------------------------------------------------------
-class BatchNorm1d:
+class BatchNorm1d(NormLayer):
     """Batch norm layer for (m, d) inputs, with the semantics of torch.nn.BatchNorm1d.
 
     * training mode (default): normalize with the batch mean and *biased*
@@ -316,8 +211,10 @@ class BatchNorm1d:
     * eval mode: normalize with ``running_mean`` and ``running_var``.
 
     Attributes: ``gamma`` (ones), ``beta`` (zeros), ``running_mean`` (zeros),
-    ``running_var`` (ones), all of shape (d,); after :meth:`backward`,
-    ``dgamma`` and ``dbeta`` of shape (d,).
+    ``running_var`` (ones), all of shape (d,) and of the layer's ``dtype``;
+    after :meth:`backward`, ``dgamma`` and ``dbeta`` of shape (d,). Input of
+    another dtype is refused (as torch does): a float64 batch would otherwise
+    be normalized in float64 but leave float32 running statistics.
 
     Two options reproduce other code's conventions (chapter 6 replicates the
     "10 Days of Grad" article's code with them); the defaults are torch's:
@@ -335,97 +232,55 @@ class BatchNorm1d:
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  dtype=np.float32, param_grads: str = "mean",
                  unbiased_running_var: bool = True):
-        if int(num_features) != num_features or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer; got {num_features!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
+        super().__init__(num_features, eps, dtype)
+        self.momentum = check_momentum(momentum)
         if param_grads not in ("mean", "sum"):
             raise ValueError(f"param_grads must be 'mean' or 'sum'; got {param_grads!r}")
         self.param_grads = param_grads
         self.unbiased_running_var = bool(unbiased_running_var)
-        d = int(num_features)
-        self.num_features = d
-        self.eps = _check_eps(eps)
-        self.momentum = float(momentum)
-        self.dtype = np.dtype(dtype)
-        self.gamma = np.ones(d, dtype=self.dtype)
-        self.beta = np.zeros(d, dtype=self.dtype)
-        self.dgamma = np.zeros_like(self.gamma)
-        self.dbeta = np.zeros_like(self.beta)
-        self.running_mean = np.zeros(d, dtype=self.dtype)
-        self.running_var = np.ones(d, dtype=self.dtype)
-        self.training = True
-        self._cache: BNCache | None = None
-        self._buffers: dict[str, np.ndarray] = {}
-
-    def _buffer(self, name: str, like: np.ndarray) -> np.ndarray:
-        """An array of ``like``'s shape and dtype kept from step to step.
-
-        The (m, d) intermediates of a step live in these instead of fresh
-        arrays: for large batches, new arrays every step cost page faults
-        (the OS hands out zeroed memory), about a quarter of the time.
-        """
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-            buf = self._buffers[name] = np.empty_like(like)
-        return buf
-
-    # mode switches, as in torch
-    def train(self, mode: bool = True) -> "BatchNorm1d":
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> "BatchNorm1d":
-        return self.train(False)
-
-    # parameters as (name, value, gradient) for the optimizer
-    def params(self):
-        return [("gamma", self.gamma, self.dgamma), ("beta", self.beta, self.dbeta)]
+        self.running_mean = np.zeros(self.num_features, dtype=self.dtype)
+        self.running_var = np.ones(self.num_features, dtype=self.dtype)
 
     def forward(self, x):
-        """Normalize a batch ``x`` of shape (m, num_features); returns (m, num_features)."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.num_features:
+        """Normalize a batch ``x`` of shape (m, num_features) of the layer's
+        dtype; returns (m, num_features)."""
+        x = self._check_input(x)
+        if x.dtype != self.dtype:
             raise ValueError(
-                f"expected x of shape (m, {self.num_features}); got shape {x.shape}"
+                f"x has dtype {x.dtype} but this BatchNorm1d holds {self.dtype} parameters "
+                f"and running statistics; convert x with x.astype(np.{self.dtype}) or build "
+                f"the layer with dtype=np.{x.dtype}"
             )
         if not self.training:
             self._cache = None
             return batchnorm_eval(x, self.gamma, self.beta, self.running_mean,
                                   self.running_var, self.eps)
-        # batchnorm_forward, with the cached nodes xc and xhat written into this
-        # layer's buffers (over the previous step's, which backward is done with)
-        x = _check_batch(x)
-        m, d = x.shape
-        gamma = _check_param(self.gamma, d, "gamma", x.dtype)
-        beta = _check_param(self.beta, d, "beta", x.dtype)
-        eps = _check_eps(self.eps)
-        out, cache = _normalize(x, gamma, beta, eps,
-                                xc=self._buffer("xc", x), xhat=self._buffer("xhat", x))
-        mom = self.momentum
-        self.running_mean *= 1.0 - mom
-        self.running_mean += mom * cache.mu
-        self.running_var *= 1.0 - mom
-        correction = m / (m - 1) if self.unbiased_running_var else 1.0
-        self.running_var += (mom * correction) * cache.var
+        out, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps)
+        self._update_running_stats(cache.mu, cache.var, m=x.shape[0])
         self._cache = cache
         return out
 
-    __call__ = forward
+    def _update_running_stats(self, mu, var, m: int) -> None:
+        """``running = (1 - momentum) * running + momentum * batch``, in place."""
+        mom = self.momentum
+        correction = m / (m - 1) if self.unbiased_running_var else 1.0
+        self.running_mean *= 1.0 - mom
+        self.running_mean += mom * mu
+        self.running_var *= 1.0 - mom
+        self.running_var += (mom * correction) * var
 
-    def backward(self, dout):
+    def backward(self, dout, need_input_grad: bool = True):
         """Backward of the last training-mode forward; returns dx of shape (m, d)
-        and stores ``dgamma`` and ``dbeta`` (in place)."""
+        and stores ``dgamma`` and ``dbeta`` (in place). ``need_input_grad`` is
+        accepted for the protocol; dx is always computed."""
         if self._cache is None:
             raise RuntimeError(
                 "backward() needs a forward() in training mode first "
                 "(eval mode keeps no cache: its statistics are constants)"
             )
-        dout = _check_dout(dout, self._cache)
-        # batchnorm_backward, with its intermediate in a buffer of this layer
-        dx, dgamma, dbeta = _compact_backward(dout, self._cache, t=self._buffer("t", dout))
+        dx, dgamma, dbeta = batchnorm_backward(dout, self._cache)
         if self.param_grads == "sum":
-            m = dout.shape[0]
+            m = dx.shape[0]
             dgamma, dbeta = m * dgamma, m * dbeta
         self.dgamma[...] = dgamma
         self.dbeta[...] = dbeta

@@ -21,6 +21,7 @@ import numpy as np
 
 from .batchnorm import BatchNorm1d
 from .layers import SGD, in_mode, running_stats_kept, softmax_cross_entropy
+from .protocol import check_momentum, iter_layers
 
 __all__ = [
     "ema",
@@ -39,21 +40,15 @@ __all__ = [
 # --------------------------------------------------------------------------
 # running averages and the two momentum conventions
 # --------------------------------------------------------------------------
-def _check_momentum(momentum: float) -> float:
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}")
-    return float(momentum)
-
-
 def keras_to_pytorch(momentum: float) -> float:
     """PyTorch momentum (weight of the new batch) for a Keras momentum
     (weight of the old average): ``1 - momentum``."""
-    return 1.0 - _check_momentum(momentum)
+    return 1.0 - check_momentum(momentum)
 
 
 def pytorch_to_keras(momentum: float) -> float:
     """Keras momentum for a PyTorch momentum: ``1 - momentum``."""
-    return 1.0 - _check_momentum(momentum)
+    return 1.0 - check_momentum(momentum)
 
 
 def ema(values, momentum: float, init=0.0, convention: str = "pytorch") -> np.ndarray:
@@ -73,7 +68,7 @@ def ema(values, momentum: float, init=0.0, convention: str = "pytorch") -> np.nd
     step (``init``) and after each of the T steps, in float64.
     """
     values = np.asarray(values, dtype=np.float64)
-    m = _check_momentum(momentum)
+    m = check_momentum(momentum)
     if convention == "pytorch":
         w_new = m
     elif convention == "keras":
@@ -90,14 +85,14 @@ def ema(values, momentum: float, init=0.0, convention: str = "pytorch") -> np.nd
 def ema_startup_bias(momentum: float, steps, init: float = 0.0, target: float = 1.0):
     """What is left of the initial value after ``steps`` updates towards a
     constant ``target`` (PyTorch convention): ``(1 - momentum)**steps * (init - target)``."""
-    m = _check_momentum(momentum)
+    m = check_momentum(momentum)
     return (1.0 - m) ** np.asarray(steps, dtype=np.float64) * (init - target)
 
 
 def half_life(momentum: float) -> float:
     """Steps after which an old value's weight in the average has halved
     (PyTorch convention): ``log(0.5) / log(1 - momentum)``."""
-    m = _check_momentum(momentum)
+    m = check_momentum(momentum)
     if m == 0.0:
         return np.inf
     if m == 1.0:
@@ -108,13 +103,9 @@ def half_life(momentum: float) -> float:
 # --------------------------------------------------------------------------
 # population statistics
 # --------------------------------------------------------------------------
-def _layers(model):
-    return list(getattr(model, "layers", [model]))
-
-
 def bn_layers(model) -> list:
     """The :class:`BatchNorm1d` layers of a Sequential model, in order."""
-    return [layer for layer in _layers(model) if isinstance(layer, BatchNorm1d)]
+    return [layer for layer in iter_layers(model) if isinstance(layer, BatchNorm1d)]
 
 
 def bn_inputs(model, x, batch_size: int = 2000) -> list:
@@ -126,7 +117,7 @@ def bn_inputs(model, x, batch_size: int = 2000) -> list:
     found = []
     with in_mode(model, training=False):
         chunks = [np.asarray(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        for layer in _layers(model):
+        for layer in iter_layers(model):
             if isinstance(layer, BatchNorm1d):
                 found.append(np.concatenate(chunks))
             chunks = [layer.forward(c) for c in chunks]
@@ -158,7 +149,7 @@ def recompute_bn_statistics(model, x, batch_size: int = 1000):
         raise ValueError(f"need at least 2 samples to estimate a variance; got {n}")
     with in_mode(model, training=False):
         chunks = [x[i:i + batch_size] for i in range(0, n, batch_size)]
-        for layer in _layers(model):
+        for layer in iter_layers(model):
             if isinstance(layer, BatchNorm1d):
                 s1 = sum(c.sum(axis=0, dtype=np.float64) for c in chunks)
                 mean = s1 / n

@@ -1,4 +1,4 @@
-"""Layer normalization (Ba, Kiros & Hinton, 2016): statistics per sample.
+"""Layer normalization (Ba, Kiros & Hinton, 2016): statistics per sample (chapter 7).
 
 Shapes as in :mod:`bnbook.batchnorm`: ``x`` is ``(m, d)``, ``m`` samples and
 ``d`` features. Layer norm takes the mean and the (biased) variance of each
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batchnorm import _as_float, _check_eps, _check_param
-from .layers import Layer
+from .protocol import NormLayer, as_float, check_batch, check_eps, check_finite, check_param
 
 __all__ = ["LNCache", "layernorm_forward", "layernorm_backward", "LayerNorm"]
 
@@ -30,11 +29,7 @@ class LNCache:
 
 
 def _check_input(x, name: str = "x") -> np.ndarray:
-    x = _as_float(x)
-    if x.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2-D of shape (m, d) (batch, features); got shape {x.shape}"
-        )
+    x = check_batch(x, name=name)
     if x.shape[1] < 2:
         raise ValueError(
             f"layer norm needs at least 2 features per sample; got {name} of shape "
@@ -53,17 +48,13 @@ def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     """
     x = _check_input(x)
     d = x.shape[1]
-    gamma = _check_param(gamma, d, "gamma", x.dtype)
-    beta = _check_param(beta, d, "beta", x.dtype)
-    eps = _check_eps(eps)
+    gamma = check_param(gamma, d, "gamma", x.dtype)
+    beta = check_param(beta, d, "beta", x.dtype)
+    eps = check_eps(eps)
     mu = x.mean(axis=1, keepdims=True)
     xc = x - mu
     var = np.mean(xc * xc, axis=1, keepdims=True)
-    if not np.all(np.isfinite(var)):
-        bad = np.flatnonzero(~np.isfinite(var[:, 0]))
-        raise ValueError(
-            f"x contains non-finite values (NaN or inf) in sample(s) {bad[:10].tolist()}"
-        )
+    check_finite(var, " in sample(s)")
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = xc * inv_std
     return xhat * gamma + beta, LNCache(xhat, inv_std, gamma)
@@ -77,7 +68,7 @@ def layernorm_backward(dout, cache: LNCache):
     ``dx = inv_std / d * (d * g - sum(g) - xhat * sum(g * xhat))``, ``g = dout * gamma``.
     Returns ``dx`` (m, d), ``dgamma`` (d,), ``dbeta`` (d,).
     """
-    dout = _as_float(dout)
+    dout = as_float(dout)
     if dout.shape != cache.xhat.shape:
         raise ValueError(
             f"dout must have the shape of x {cache.xhat.shape}; got {dout.shape}"
@@ -92,7 +83,7 @@ def layernorm_backward(dout, cache: LNCache):
     return dx, dgamma, dbeta
 
 
-class LayerNorm(Layer):
+class LayerNorm(NormLayer):
     """Layer-norm layer for (m, d) inputs; same protocol as the layers of
     :mod:`bnbook.layers` (forward, backward, params, train/eval).
 
@@ -102,37 +93,19 @@ class LayerNorm(Layer):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, dtype=np.float32):
-        if int(num_features) != num_features or num_features < 2:
-            raise ValueError(f"num_features must be an integer >= 2; got {num_features!r}")
-        d = int(num_features)
-        self.num_features = d
-        self.eps = _check_eps(eps)
-        self.gamma = np.ones(d, dtype=dtype)
-        self.beta = np.zeros(d, dtype=dtype)
-        self.dgamma = np.zeros_like(self.gamma)
-        self.dbeta = np.zeros_like(self.beta)
-        self._cache: LNCache | None = None
-
-    def params(self):
-        return [("gamma", self.gamma, self.dgamma), ("beta", self.beta, self.dbeta)]
+        super().__init__(num_features, eps, dtype, min_features=2)
 
     def forward(self, x):
         """Normalize each row of ``x`` (m, num_features); returns (m, num_features)."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected x of shape (m, {self.num_features}); got shape {x.shape}"
-            )
-        out, self._cache = layernorm_forward(x, self.gamma, self.beta, self.eps)
+        out, self._cache = layernorm_forward(self._check_input(x), self.gamma, self.beta,
+                                             self.eps)
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, need_input_grad: bool = True):
         """Return dx (m, d); store ``dgamma`` and ``dbeta`` in place."""
         if self._cache is None:
             raise RuntimeError("LayerNorm.backward() called before forward()")
-        dx, dgamma, dbeta = layernorm_backward(dout, self._cache)
-        self.dgamma[...] = dgamma
-        self.dbeta[...] = dbeta
+        dx, self.dgamma[...], self.dbeta[...] = layernorm_backward(dout, self._cache)
         return dx
 
     def __repr__(self) -> str:

@@ -1,16 +1,15 @@
-"""Layers for small fully connected networks, written out in NumPy.
+"""Layers for small fully connected networks, written out in NumPy (chapters 1 and 3-7).
 
-Every layer works on batches of shape ``(m, d)`` and has
+Every layer subclasses :class:`~bnbook.protocol.Layer` (re-exported here as
+``bnbook.layers.Layer``), whose docstring states the protocol: ``forward(x)``,
+``backward(dout, need_input_grad=True)``, ``params()``, ``train()`` /
+``eval()`` and the attribute ``training``. Batches have shape ``(m, d)``.
 
-* ``forward(x)`` -> output, keeping what ``backward`` needs;
-* ``backward(dout)`` -> gradient w.r.t. its input, storing the gradients of
-  its own parameters;
-* ``params()`` -> a list of ``(name, value, gradient)`` triples whose arrays
-  the optimizer updates in place;
-* ``train()`` / ``eval()`` mode switches (only batch norm behaves differently).
-
-The batch-norm layer itself, :class:`~bnbook.batchnorm.BatchNorm1d`, lives in
-:mod:`bnbook.batchnorm` and follows the same protocol.
+Here: Linear, ReLU, Sigmoid, the softmax cross-entropy loss, Sequential,
+:func:`build_mlp` (the networks of chapters 1 and 3-7), SGD, and two context
+managers (:func:`in_mode`, :func:`running_stats_kept`). The batch-norm layer,
+:class:`~bnbook.batchnorm.BatchNorm1d`, lives in :mod:`bnbook.batchnorm` and
+follows the same protocol.
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .batchnorm import BatchNorm1d
+from .protocol import Layer, accepts_need_input_grad, check_momentum, iter_layers
 
 __all__ = [
     "Layer",
@@ -59,35 +59,6 @@ def init_weights(fan_in: int, fan_out: int, method: str = "he", gain: float = 1.
     return w.astype(dtype)
 
 
-def _check_2d(x, features: int, who: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != features:
-        raise ValueError(f"{who} expects input of shape (m, {features}); got shape {x.shape}")
-    return x
-
-
-class Layer:
-    """Base class: a layer without parameters that behaves the same in both modes."""
-
-    training = True
-
-    def train(self, mode: bool = True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def params(self):
-        return []
-
-    def __call__(self, x):
-        return self.forward(x)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
 class Linear(Layer):
     """Affine layer ``y = x @ W + b``.
 
@@ -104,6 +75,7 @@ class Linear(Layer):
                  init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32,
                  bias_init: str = "zeros", bias_rng=None):
         self.in_features, self.out_features = int(in_features), int(out_features)
+        self.num_features = self.in_features  # the input width _check_input asks for
         self.W = init_weights(self.in_features, self.out_features, init, gain, rng, dtype)
         self.dW = np.zeros_like(self.W)
         if bias_init == "zeros":
@@ -123,7 +95,7 @@ class Linear(Layer):
         return p
 
     def forward(self, x):
-        x = _check_2d(x, self.in_features, "Linear")
+        x = self._check_input(x)
         self._x = x
         out = x @ self.W
         if self.b is not None:
@@ -152,7 +124,7 @@ class ReLU(Layer):
         self._mask = x > 0
         return np.maximum(x, 0)
 
-    def backward(self, dout):
+    def backward(self, dout, need_input_grad: bool = True):
         return dout * self._mask
 
 
@@ -165,7 +137,7 @@ class Sigmoid(Layer):
         self._y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
         return self._y
 
-    def backward(self, dout):
+    def backward(self, dout, need_input_grad: bool = True):
         return dout * self._y * (1.0 - self._y)
 
 
@@ -247,16 +219,19 @@ class Sequential(Layer):
     def backward(self, dout, need_input_grad: bool = True):
         """Back-propagate ``dout`` (m, out); return dx (m, in) or None.
 
-        With ``need_input_grad=False`` the first layer, if it is Linear,
-        skips the (unused) gradient w.r.t. the network's input: a third of
-        the work of the first layer's backward pass.
+        ``need_input_grad`` goes to the first layer (if its ``backward``
+        takes it; see :class:`~bnbook.protocol.Layer`): with False, a first
+        Linear skips the (unused) gradient w.r.t. the network's input, a third
+        of the work of its backward pass. Every other layer is asked for dx.
         """
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            if i == 0 and not need_input_grad and isinstance(layer, Linear):
-                return layer.backward(dout, need_input_grad=False)
-            dout = layer.backward(dout)
-        return dout
+        if not self.layers:
+            return dout
+        for i in range(len(self.layers) - 1, 0, -1):
+            dout = self.layers[i].backward(dout)
+        first = self.layers[0]
+        if not need_input_grad and accepts_need_input_grad(first):
+            return first.backward(dout, need_input_grad=False)
+        return first.backward(dout)
 
     def __getitem__(self, i):
         return self.layers[i]
@@ -327,9 +302,8 @@ class SGD:
     def __init__(self, model, lr: float, momentum: float = 0.0):
         if not lr > 0:
             raise ValueError(f"learning rate must be positive; got {lr!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1); got {momentum!r}")
-        self.model, self.lr, self.momentum = model, float(lr), float(momentum)
+        self.model, self.lr = model, float(lr)
+        self.momentum = check_momentum(momentum, upper_open=True)
         self._velocity = {}
 
     def step(self) -> None:
@@ -359,8 +333,7 @@ def running_stats_kept(model):
     """Run a ``with`` block, then put back every ``running_mean`` and
     ``running_var`` of ``model``'s layers (a Sequential or a single layer):
     training-mode forward passes made inside leave no trace in them."""
-    layers = getattr(model, "layers", [model])
-    saved = [(arr, arr.copy()) for layer in layers
+    saved = [(arr, arr.copy()) for layer in iter_layers(model)
              for arr in (getattr(layer, "running_mean", None), getattr(layer, "running_var", None))
              if arr is not None]
     try:

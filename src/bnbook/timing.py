@@ -1,30 +1,21 @@
-"""Wall-clock timing of small functions: repeats and the median.
+"""Wall-clock timing of small functions with :mod:`timeit`: repeats and the median (chapter 3).
 
-A single timing on a shared machine is noise. :func:`median_time` calls the
-function in batches (``number`` calls per repeat, chosen so that one repeat
-lasts at least ``min_time`` seconds), repeats that ``repeats`` times and
-returns the median time of *one* call. The median ignores the occasional
-repeat slowed down by another process.
+A single timing on a shared machine is noise. :func:`median_time` lets
+:class:`timeit.Timer` call the function in batches (``number`` calls per
+repeat, by default enough for one repeat to last about ``min_time``
+seconds), repeats that ``repeats`` times and returns the median time of
+*one* call. The median ignores the occasional repeat slowed down by
+another process.
 """
 from __future__ import annotations
 
-import time
+import functools
+import math
+import timeit
 
 import numpy as np
 
 __all__ = ["repeat_times", "median_time"]
-
-
-def _calls_per_repeat(fn, args, kwargs, min_time: float) -> int:
-    """Smallest power of 2 of calls that take at least ``min_time`` seconds."""
-    number = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(number):
-            fn(*args, **kwargs)
-        if time.perf_counter() - start >= min_time or number >= 2**20:
-            return number
-        number *= 2
 
 
 def repeat_times(fn, *args, repeats: int = 7, number: int | None = None,
@@ -35,9 +26,8 @@ def repeat_times(fn, *args, repeats: int = 7, number: int | None = None,
     ----------
     fn : the callable to time; its return value is discarded.
     repeats : how many timed repeats (>= 1).
-    number : calls per repeat; ``None`` picks the smallest power of 2 whose
-        repeat lasts at least ``min_time`` seconds (the calibration calls
-        also warm up caches and are not counted).
+    number : calls per repeat; ``None`` times one call (which also warms up
+        caches and is not counted) and takes enough calls for ``min_time`` seconds.
     min_time : seconds, see ``number``.
 
     Returns
@@ -46,17 +36,13 @@ def repeat_times(fn, *args, repeats: int = 7, number: int | None = None,
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1; got {repeats!r}")
-    if number is None:
-        number = _calls_per_repeat(fn, args, kwargs, min_time)
-    elif number < 1:
+    if number is not None and number < 1:
         raise ValueError(f"number must be at least 1; got {number!r}")
-    times = np.empty(repeats)
-    for r in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn(*args, **kwargs)
-        times[r] = (time.perf_counter() - start) / number
-    return times
+    timer = timeit.Timer(functools.partial(fn, *args, **kwargs))
+    if number is None:
+        one_call = timer.timeit(number=1)
+        number = max(1, min(2**20, math.ceil(min_time / max(one_call, 1e-9))))
+    return np.array(timer.repeat(repeat=repeats, number=number)) / number
 
 
 def median_time(fn, *args, repeats: int = 7, number: int | None = None,

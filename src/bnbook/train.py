@@ -1,4 +1,4 @@
-"""The training loop shared by every chapter that trains a network.
+"""The training loop shared by every chapter that trains a network (chapters 1 and 5-7).
 
 Conventions (stated once, used everywhere):
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layers import SGD, in_mode, softmax_cross_entropy
+from .protocol import NonFiniteError
 
 __all__ = ["History", "fit", "evaluate", "predict", "Progress"]
 
@@ -139,6 +140,89 @@ def _params_finite(model) -> bool:
     return all(np.all(np.isfinite(p)) for _, p, _ in model.params())
 
 
+def _check_fit_args(data, batch_size, shuffle) -> None:
+    x_train, y_train, x_test, y_test = data
+    if len(y_train) != len(x_train) or len(y_test) != len(x_test):
+        raise ValueError("inputs and labels must have the same number of samples")
+    if batch_size < 1 or int(batch_size) != batch_size:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if shuffle not in ("every epoch", "once"):
+        raise ValueError(f"shuffle must be 'every epoch' or 'once'; got {shuffle!r}")
+
+
+def _batch_loss(model, xb, yb, reduction: str):
+    """Forward pass and loss of one batch: ``(loss, dlogits)``, or ``(nan, None)``
+    when the network diverged (a layer met a non-finite value the data did
+    not hold, or a parameter is no longer finite)."""
+    try:
+        logits = model.forward(xb)
+    except NonFiniteError:
+        if _params_finite(model) and not np.isfinite(xb).all():
+            raise  # the batch itself holds NaN or inf: bad data, not divergence
+        return np.nan, None
+    return softmax_cross_entropy(logits, yb, reduction)
+
+
+def _train_epoch(model, opt, data, order, *, batch_size: int, drop_last: bool,
+                 reduction: str, step: int, max_steps, callback, callback_every: int):
+    """One epoch of SGD over the training set in the given ``order``.
+
+    Returns ``(losses, step, diverged)``: the per-sample mean loss of each
+    batch, the global step count after the epoch, and whether the loss
+    became non-finite (the epoch stops there).
+    """
+    x_train, y_train = data[0], data[1]
+    n = len(order)
+    stop = n - (n % batch_size if drop_last else 0)
+    losses = []
+    for start in range(0, stop, batch_size):
+        # Gather each batch on its own: a small copy that is still in cache
+        # for the first matmul, instead of a fresh (n, d) copy every epoch.
+        idx = order[start:start + batch_size]
+        xb, yb = x_train[idx], y_train[idx]
+        if len(xb) < 2:
+            break
+        loss, dlogits = _batch_loss(model, xb, yb, reduction)
+        if not np.isfinite(loss):
+            return losses, step, True
+        model.backward(dlogits, need_input_grad=False)
+        opt.step()
+        losses.append(loss / (len(xb) if reduction == "sum" else 1))
+        step += 1
+        if callback is not None and callback_every and step % callback_every == 0:
+            callback(step, model)
+        if max_steps is not None and step >= max_steps:
+            break
+    return losses, step, False
+
+
+def _record_epoch(hist: History, model, data, losses, seconds: float) -> None:
+    """Append one finished epoch to ``hist``: mean loss, test accuracy, time."""
+    hist.seconds.append(seconds)
+    hist.train_loss.append(float(np.mean(losses)))
+    hist.test_acc.append(evaluate(model, data[2], data[3]))
+
+
+def _record_divergence(hist: History, epoch: int, epochs: int, seconds: float) -> None:
+    """Mark ``epoch`` as the one that diverged; it and later epochs are NaN."""
+    hist.diverged_at = epoch
+    pad = epochs - epoch + 1
+    hist.seconds += [seconds] + [0.0] * (pad - 1)
+    hist.train_loss += [np.nan] * pad
+    hist.test_acc += [np.nan] * pad
+
+
+def _summary(hist: History, label: str) -> str:
+    """The one-line text that replaces the progress bar when a run ends."""
+    if hist.diverged:
+        summary = f"diverged in epoch {hist.diverged_at} (loss became non-finite)"
+    else:
+        n = len(hist.test_acc)
+        summary = (f"{n} epoch{'' if n == 1 else 's'}: final loss {hist.train_loss[-1]:.4f}, "
+                   f"test acc {100 * hist.test_acc[-1]:.2f}%")
+    return f"{label + ': ' if label else ''}{summary} in {hist.wall_time:.1f} s"
+
+
 def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int = 0,
         momentum: float = 0.0, reduction: str = "mean", drop_last: bool = False,
         progress: bool = True, label: str = "", callback=None,
@@ -148,8 +232,8 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
 
     Parameters
     ----------
-    model : a :class:`~bnbook.layers.Sequential` (or anything with forward,
-        backward, params, train, eval).
+    model : a :class:`~bnbook.layers.Sequential` (or any layer that follows
+        the protocol of :class:`~bnbook.protocol.Layer`).
     data : ``(x_train, y_train, x_test, y_test)`` with x of shape (n, d) and
         y of shape (n,) integer labels.
     epochs, lr, batch_size, momentum : SGD settings.
@@ -168,19 +252,15 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
         order drawn before the first epoch, so every epoch visits the same
         batches in the same order, as the "10 Days of Grad" code does).
 
-    If the loss or a parameter becomes non-finite the run stops, and
-    ``History.diverged_at`` records the epoch; later epochs are recorded as NaN.
+    If the loss or a parameter becomes non-finite (a layer raises
+    :class:`~bnbook.protocol.NonFiniteError` on activations the data did not
+    hold) the run stops, and ``History.diverged_at`` records the epoch; later
+    epochs are recorded as NaN.
     """
-    x_train, y_train, x_test, y_test = data
-    n = len(x_train)
-    if len(y_train) != n or len(y_test) != len(x_test):
-        raise ValueError("inputs and labels must have the same number of samples")
-    if batch_size < 1 or int(batch_size) != batch_size:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    if shuffle not in ("every epoch", "once"):
-        raise ValueError(f"shuffle must be 'every epoch' or 'once'; got {shuffle!r}")
+    _check_fit_args(data, batch_size, shuffle)
+    n = len(data[0])
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(n) if shuffle == "once" else None
+    order = rng.permutation(n) if shuffle == "once" else None
     opt = SGD(model, lr, momentum)
     hist = History(label=label)
     bar = Progress(epochs, label, enabled=progress)
@@ -191,59 +271,19 @@ def fit(model, data, *, epochs: int, lr: float, batch_size: int = 100, seed: int
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         if shuffle == "every epoch":
-            perm = rng.permutation(n)
-        stop = n - (n % batch_size if drop_last else 0)
-        losses = []
-        for start in range(0, stop, batch_size):
-            # Gather each batch on its own: a small copy that is still in cache
-            # for the first matmul, instead of a fresh (n, d) copy every epoch.
-            idx = perm[start:start + batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if len(xb) < 2:
-                break
-            try:
-                logits = model.forward(xb)
-            except ValueError as exc:
-                # A layer refused non-finite activations. Unless the batch itself
-                # holds NaN or inf, the network overflowed: the run diverged.
-                overflowed = "non-finite" in str(exc) and np.isfinite(xb).all()
-                if _params_finite(model) and not overflowed:
-                    raise
-                loss = np.nan
-            else:
-                loss, dlogits = softmax_cross_entropy(logits, yb, reduction)
-            if not np.isfinite(loss):
-                hist.diverged_at = epoch
-                break
-            model.backward(dlogits, need_input_grad=False)
-            opt.step()
-            losses.append(loss / (len(xb) if reduction == "sum" else 1))
-            step += 1
-            if callback is not None and callback_every and step % callback_every == 0:
-                callback(step, model)
-            if max_steps is not None and step >= max_steps:
-                break
-        hist.seconds.append(time.perf_counter() - t0)
-        if hist.diverged:
-            hist.train_loss.append(np.nan)
-            hist.test_acc.append(np.nan)
-            pad = epochs - epoch
-            hist.train_loss += [np.nan] * pad
-            hist.test_acc += [np.nan] * pad
-            hist.seconds += [0.0] * pad
+            order = rng.permutation(n)
+        losses, step, diverged = _train_epoch(
+            model, opt, data, order, batch_size=batch_size, drop_last=drop_last,
+            reduction=reduction, step=step, max_steps=max_steps, callback=callback,
+            callback_every=callback_every)
+        if diverged:
+            _record_divergence(hist, epoch, epochs, time.perf_counter() - t0)
             break
-        hist.train_loss.append(float(np.mean(losses)))
-        hist.test_acc.append(evaluate(model, x_test, y_test))
+        _record_epoch(hist, model, data, losses, time.perf_counter() - t0)
         bar.update(epoch, f"epoch {epoch}: loss {hist.train_loss[-1]:.4f}, "
                           f"test acc {100 * hist.test_acc[-1]:.2f}%")
         if max_steps is not None and step >= max_steps:
             break
     hist.steps = step
-    if hist.diverged:
-        summary = f"diverged in epoch {hist.diverged_at} (loss became non-finite)"
-    else:
-        n = len(hist.test_acc)
-        summary = (f"{n} epoch{'' if n == 1 else 's'}: final loss {hist.train_loss[-1]:.4f}, "
-                   f"test acc {100 * hist.test_acc[-1]:.2f}%")
-    bar.close(f"{label + ': ' if label else ''}{summary} in {hist.wall_time:.1f} s")
+    bar.close(_summary(hist, label))
     return hist
