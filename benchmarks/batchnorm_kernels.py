@@ -1,6 +1,6 @@
 """Batch norm alone, forward + backward: bnbook against PyTorch's CPU kernel.
 
-    python benchmarks/batchnorm_kernels.py [--threads N] [--repeats 15]
+    python benchmarks/batchnorm_kernels.py [--threads N] [--repeats 15] [--baseline SRC]
 
 For each batch shape (m, d) in (100, 300), (256, 1024), (1024, 4096) -- and
 (100, 50), the book's second batch-norm layer -- in float32:
@@ -28,8 +28,13 @@ cheap as a scalar, the sums by BLAS (``ones @ x``) where that is faster --
 and adds no Python overhead. No runnable code reaches it; it says how much
 of a gap to torch is NumPy's and how much is the code's. Its parts are timed
 right after the pair, alternating among themselves, and printed in a second
-table beside a (d,) operand broadcast by NumPy and by bnbook's ``_rowwise``
-(the same bits without NumPy's buffer refills; see its docstring).
+table beside a (d,) operand broadcast by NumPy.
+
+``--baseline SRC`` also times another version of the package, side by side
+in the same alternating repeats: SRC is a folder holding a ``bnbook/``
+package (for instance ``git worktree add /tmp/old <commit>`` and
+``--baseline /tmp/old/src``), loaded under the name ``bnbook_baseline``. Two
+more columns print its median and the ratio bnbook/baseline.
 
 Threads: ``--threads N`` (default: $OPENBLAS_NUM_THREADS, else the number of
 CPUs) for both libraries. bnbook's batch norm is plain NumPy and uses one
@@ -47,11 +52,15 @@ from bench_common import import_torch, parse_args
 
 def _arguments(parser):
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per library and size")
+    parser.add_argument("--baseline", default=None,
+                        help="folder holding another bnbook/ package to time side by side")
 
 
 args = parse_args(__doc__, _arguments)  # before NumPy loads: it sets the BLAS threads
 
+import importlib.util  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -59,7 +68,21 @@ import numpy as np  # noqa: E402
 
 torch = import_torch()
 
-from bnbook.batchnorm import BatchNorm1d, _rowwise  # noqa: E402
+from bnbook.batchnorm import BatchNorm1d  # noqa: E402
+
+
+def load_baseline(src):
+    """The bnbook package under ``src``/bnbook, imported as ``bnbook_baseline``."""
+    init = os.path.join(src, "bnbook", "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "bnbook_baseline", init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bnbook_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BASELINE = load_baseline(args.baseline) if args.baseline else None
 
 # the issue's three sizes, and the book's second batch-norm layer (100, 50)
 SHAPES = [(100, 50), (100, 300), (256, 1024), (1024, 4096)]
@@ -91,16 +114,23 @@ def alternating_medians(named_fns):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def bnbook_step(layer_class, x, dout):
+    """One training step of a BatchNorm1d: forward, then backward (returns dx)."""
+    bn = layer_class(x.shape[1])
+
+    def step():
+        bn.forward(x)
+        return bn.backward(dout)
+    return step
+
+
 def contenders(m, d):
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 2.0, (m, d)).astype(np.float32)
     dout = rng.standard_normal((m, d)).astype(np.float32)
 
-    bn = BatchNorm1d(d)
-
-    def ours():
-        bn.forward(x)
-        return bn.backward(dout)
+    ours = bnbook_step(BatchNorm1d, x, dout)
+    baseline = bnbook_step(BASELINE.BatchNorm1d, x, dout) if BASELINE else None
 
     tx = torch.from_numpy(x.copy()).requires_grad_(True)
     tdout = torch.from_numpy(dout.copy())
@@ -113,7 +143,7 @@ def contenders(m, d):
                                              training=True, momentum=0.1, eps=1e-5)
         return torch.autograd.grad(out, (tx, weight, bias), tdout)[0]
 
-    return ours, theirs
+    return ours, theirs, baseline
 
 
 # How many of each NumPy operation one step needs at the least (see the docstring).
@@ -122,8 +152,7 @@ FLOOR_COUNTS = {"scalar": 6, "two arrays": 1, "sum": 2, "sum of products": 2}
 
 def numpy_passes(m, d):
     """One pass of each kind over (m, d) float32 arrays, as (name, callable):
-    the floor's parts, and a (d,) operand broadcast plainly and by bnbook's
-    ``_rowwise`` (the same bits, NumPy's buffers avoided)."""
+    the floor's parts, and a (d,) operand broadcast by NumPy."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((m, d)).astype(np.float32)
     b = rng.standard_normal((m, d)).astype(np.float32)
@@ -133,7 +162,6 @@ def numpy_passes(m, d):
     return [
         ("scalar", lambda: np.multiply(a, 2.0, out=out)),
         ("(d,) broadcast", lambda: np.multiply(a, v, out=out)),
-        ("(d,) _rowwise", lambda: _rowwise(np.multiply, a, v, out=out)),
         ("two arrays", lambda: np.multiply(a, b, out=out)),
         ("sum, ufunc", lambda: a.sum(axis=0)),
         ("sum, BLAS", lambda: ones @ a),
@@ -155,23 +183,29 @@ def main():
     print(f"versions: python {platform.python_version()}, numpy {np.__version__}, "
           f"torch {torch.__version__}; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.2f}")
+    if BASELINE:
+        print(f"baseline: {os.path.dirname(BASELINE.__file__)} (bnbook_baseline)")
     print(f"median of {args.repeats} alternating repeats\n")
     print(f"{'(m, d)':>13}  {'bnbook us':>10}  {'torch us':>10}  {'bnbook/torch':>12}  "
-          f"{'floor us':>9}  {'floor/torch':>11}  dx agree")
+          f"{'floor us':>9}  {'floor/torch':>11}  dx agree"
+          + (f"  {'baseline us':>11}  {'bnbook/baseline':>15}" if BASELINE else ""))
     ratios, floor_ratios, passes = {}, {}, {}
     for m, d in SHAPES:
-        ours, theirs = contenders(m, d)
+        ours, theirs, baseline = contenders(m, d)
         dx_ours, dx_theirs = ours(), theirs().numpy()
         err = np.max(np.abs(dx_ours - dx_theirs)) / np.max(np.abs(dx_theirs))
         # the pair first, alternating; then NumPy's passes (timed apart: the BLAS
         # sum leaves OpenBLAS threads spinning, which would slow torch's next call)
-        median_of = alternating_medians([("bnbook", ours), ("torch", theirs)])
+        median_of = alternating_medians([("bnbook", ours), ("torch", theirs)]
+                                        + ([("baseline", baseline)] if baseline else []))
         passes[(m, d)] = alternating_medians(numpy_passes(m, d))
         median_of.update(passes[(m, d)])
         a, b, f = median_of["bnbook"], median_of["torch"], floor_seconds(median_of)
         ratios[(m, d)], floor_ratios[(m, d)] = a / b, f / b
         print(f"{str((m, d)):>13}  {a * 1e6:10.1f}  {b * 1e6:10.1f}  {a / b:12.2f}  "
-              f"{f * 1e6:9.1f}  {f / b:11.2f}  {'yes' if err < 1e-4 else 'NO'} ({err:.0e})")
+              f"{f * 1e6:9.1f}  {f / b:11.2f}  {'yes' if err < 1e-4 else 'NO'} ({err:.0e})"
+              + (f"  {median_of['baseline'] * 1e6:11.1f}  {a / median_of['baseline']:15.2f}"
+                 if baseline else ""))
     names = list(next(iter(passes.values())))  # the passes, in numpy_passes' order
     print("\nNumPy passes over (m, d) float32, median us (the floor's parts; "
           "'scalar' also prices a (d,) operand)")

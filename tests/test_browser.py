@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import functools
-import http.server
 import json
 import os
 import shutil
@@ -314,13 +312,8 @@ INSPECT = r"""
 """
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def site():
+def site(http_server):
     """(browser page, base URL, build record): the built book served on 127.0.0.1."""
     binary = find_chromium()
     if binary is None:
@@ -330,23 +323,17 @@ def site():
         )
     build = ensure_build()
     assert (HTML / "index.html").exists(), "the book did not build:\n" + build["output"]
-    handler = functools.partial(_QuietHandler, directory=str(HTML))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     workdir = Path(tempfile.mkdtemp(prefix="bnbook-chromium-"))
     browser = None
     try:
-        browser = Chromium(binary, workdir)
-        page = Page(browser)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        yield page, f"http://127.0.0.1:{server.server_address[1]}", build
+        with http_server(HTML) as base:
+            browser = Chromium(binary, workdir)
+            page = Page(browser)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            yield page, base, build
     finally:
         if browser is not None:
             browser.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

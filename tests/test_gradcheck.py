@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
-from bnbook.layers import Linear, Sequential, softmax_cross_entropy
+from bnbook.layers import Linear, Sequential, build_mlp, softmax_cross_entropy
 
 
 def test_numerical_gradient_matches_analytic_gradient_of_cube():
@@ -43,7 +43,7 @@ def test_numerical_gradient_restores_x():
     assert len(seen) == 2 * x.size
     for v in seen:
         diff = v - original
-        assert np.count_nonzero(diff) == 1 and np.isclose(np.abs(diff).max(), 1e-3, rtol=1e-9)
+        assert np.count_nonzero(diff) == 1 and np.abs(diff).max() == pytest.approx(1e-3, rel=1e-9)
 
 
 def test_numerical_gradient_returns_float64_and_rejects_bad_arguments():
@@ -93,3 +93,19 @@ def test_check_layer_gradients_flags_a_wrong_gradient():
     errors = check_layer_gradients(broken, softmax_cross_entropy, x, y)
     assert errors["0.W"] > 1e-3
     assert errors["0.b"] < 1e-8 and errors["x"] < 1e-8
+
+
+def test_check_layer_gradients_leaves_the_running_statistics_as_they_were():
+    """Hundreds of training-mode forward passes run inside the check; the
+    running statistics of every batch-norm layer are put back afterwards."""
+    net = build_mlp([5, 6, 4], batchnorm=True, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(2.0, 3.0, (8, 5)), rng.integers(0, 4, 8)
+    bn = net[1]
+    bn.running_mean[...] = rng.standard_normal(6)
+    bn.running_var[...] = rng.uniform(0.5, 2.0, 6)
+    before = bn.running_mean.copy(), bn.running_var.copy()
+    errors = check_layer_gradients(net, softmax_cross_entropy, x, y)
+    assert max(errors.values()) < 1e-6
+    np.testing.assert_array_equal(bn.running_mean, before[0])  # tolerance: none
+    np.testing.assert_array_equal(bn.running_var, before[1])

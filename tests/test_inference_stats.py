@@ -1,5 +1,4 @@
 """Tests of bnbook.inference_stats: running averages, conventions, population statistics."""
-import copy
 
 import numpy as np
 import pytest
@@ -18,17 +17,18 @@ def test_ema_matches_closed_form_and_conventions():
         assert run.shape == (51, 3)
         w = (1 - m) ** np.arange(50)[::-1]
         expect = (1 - m) ** 50 * 0.5 + m * (w[:, None] * v).sum(axis=0)
-        assert np.allclose(run[-1], expect, atol=1e-12)
-        assert np.allclose(run, ema(v, pytorch_to_keras(m), 0.5, "keras"), atol=1e-12)
-    assert keras_to_pytorch(0.99) == pytest.approx(0.01)
+        np.testing.assert_allclose(run[-1], expect, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run, ema(v, pytorch_to_keras(m), 0.5, "keras"), rtol=0, atol=1e-12)
+    assert keras_to_pytorch(0.99) == pytest.approx(0.01, rel=1e-12)
 
 
 def test_ema_bias_and_half_life():
     t = np.arange(30)
-    assert np.allclose(ema(np.full(29, 3.0), 0.2, init=1.0), 3.0 + ema_startup_bias(0.2, t, 1.0, 3.0))
-    assert half_life(0.5) == pytest.approx(1.0)
+    np.testing.assert_allclose(ema(np.full(29, 3.0), 0.2, init=1.0), 3.0 + ema_startup_bias(0.2, t, 1.0, 3.0),
+                               rtol=1e-12, atol=0)
+    assert half_life(0.5) == pytest.approx(1.0, rel=1e-12)
     assert half_life(0.0) == np.inf
-    assert 0.5 ** (1 / half_life(0.1)) == pytest.approx(0.9)
+    assert 0.5 ** (1 / half_life(0.1)) == pytest.approx(0.9, rel=1e-12)
 
 
 def test_bad_arguments():
@@ -45,8 +45,8 @@ def test_layer_running_stats_follow_ema():
     xs = np.random.default_rng(1).normal(1.0, 2.0, size=(10, 5, 3))
     for xb in xs:
         layer.forward(xb)
-    assert np.allclose(layer.running_mean, ema(xs.mean(axis=1), 0.3, 0.0)[-1])
-    assert np.allclose(layer.running_var, ema(xs.var(axis=1, ddof=1), 0.3, 1.0)[-1])
+    np.testing.assert_allclose(layer.running_mean, ema(xs.mean(axis=1), 0.3, 0.0)[-1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(layer.running_var, ema(xs.var(axis=1, ddof=1), 0.3, 1.0)[-1], rtol=1e-12)
 
 
 def _net(seed=0):
@@ -69,12 +69,12 @@ def test_recompute_gives_exact_population_statistics():
     net.eval()
     for layer in net.layers:
         if isinstance(layer, BatchNorm1d):
-            assert np.allclose(layer.running_mean, h.mean(axis=0), atol=1e-12)
-            assert np.allclose(layer.running_var, h.var(axis=0, ddof=1), rtol=1e-12)
+            np.testing.assert_allclose(layer.running_mean, h.mean(axis=0), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(layer.running_var, h.var(axis=0, ddof=1), rtol=1e-12)
         h = layer.forward(h)
     ins = bn_inputs(net, x, batch_size=64)
     assert len(ins) == len(bn_layers(net)) == 2
-    assert np.allclose(ins[1].mean(axis=0), bn_layers(net)[1].running_mean)
+    np.testing.assert_allclose(ins[1].mean(axis=0), bn_layers(net)[1].running_mean, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         recompute_bn_statistics(net, x[:1])
 
@@ -100,4 +100,4 @@ def test_train_on_batches_runs_in_given_order():
     losses = train_on_batches(net, x, y, order, lr=0.05)
     assert losses.shape == (8,) and np.all(np.isfinite(losses))
     net2, _, _ = _net(4)
-    assert np.allclose(train_on_batches(net2, x, y, order, lr=0.05), losses)
+    np.testing.assert_allclose(train_on_batches(net2, x, y, order, lr=0.05), losses, rtol=1e-12)

@@ -1,19 +1,17 @@
 """Tests for bnbook.mnist: downloads from a local HTTP server, IDX parsing,
 and (when the files are present) the real MNIST."""
 
-import functools
 import gzip
 import hashlib
-import http.server
 import os
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bnbook import mnist
+from conftest import QuietHandler
 
 NAMES = list(mnist.CHECKSUMS)  # the four file names, in download order
 
@@ -66,7 +64,7 @@ def fakes(monkeypatch):
 # ---------------------------------------------------------------- local server
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
+class _Handler(QuietHandler):
     """Serves a folder; under /liar/ it promises the full length of a file in
     good/ but sends only half of it and closes the connection."""
 
@@ -81,26 +79,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
-def served(tmp_path):
+def served(tmp_path, http_server):
     """A folder served over HTTP on 127.0.0.1: returns (folder, base_url)."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(_Handler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.timeout = 5
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with http_server(root, _Handler, poll_interval=0.05) as base:
+        yield root, base
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def test_layer_running_statistics_and_eval_output_equal_torch_float64(eps, momen
     ours.gamma[...] = gamma
     ours.beta[...] = beta
     theirs = torch_bn(d, eps, momentum, torch.float64, gamma, beta).train()
-    for step, m in enumerate([2, 5, 16, 3, 32, 7]):
+    for m in [2, 5, 16, 3, 32, 7]:
         x = rng.normal(loc=np.arange(d) - 2.0, scale=0.5 + np.arange(d), size=(m, d))
         out = ours.forward(x)
         tout = theirs(torch.from_numpy(x)).detach().numpy()

@@ -2,30 +2,21 @@
 20 dimensions (400 training points, 200 test points), which a small network
 separates in a few epochs. Every run uses progress=False."""
 
+import time
+
 import numpy as np
 import pytest
 
-from bnbook.layers import build_mlp
+from bnbook.layers import Layer, build_mlp
+from bnbook.protocol import NonFiniteError
 from bnbook.train import History, evaluate, fit, predict
 
 SIZES = [20, 32, 2]
 
 
-def two_blobs(n, seed):
-    """n points in 20-D: class 0 around -0.5 * ones, class 1 around +0.5 * ones,
-    unit variance (the classes are about 4.5 standard deviations apart)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    centres = np.stack([np.full(20, -0.5), np.full(20, 0.5)])
-    x = (centres[y] + rng.standard_normal((n, 20))).astype(np.float32)
-    return x, y.astype(np.int64)
-
-
 @pytest.fixture(scope="module")
-def data():
-    x_train, y_train = two_blobs(400, seed=0)
-    x_test, y_test = two_blobs(200, seed=1)
-    return x_train, y_train, x_test, y_test
+def data(two_blobs_data):  # conftest.py: 400 training and 200 test points in 20-D
+    return two_blobs_data
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
@@ -43,9 +34,48 @@ def test_fit_learns_two_blobs_to_high_accuracy(data, batchnorm):
     assert hist.acc_at(3) == hist.test_acc[2]
     assert hist.first_epoch_reaching(0.9) in (1, 2, 3)
     assert hist.first_epoch_reaching(1.01) is None
-    assert hist.wall_time == pytest.approx(sum(hist.seconds))
     # the recorded accuracy is the eval-mode accuracy of the final model
     assert hist.test_acc[-1] == evaluate(model, data[2], data[3])
+
+
+def test_seconds_time_each_epochs_training_and_not_the_evaluation(data, monkeypatch):
+    """A callback that sleeps 10 ms every step makes each epoch's recorded
+    time at least steps x 10 ms; an evaluation that sleeps 0.3 s is not counted."""
+    import bnbook.train as train_module
+
+    real_evaluate = train_module.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.3)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
+    t0 = time.perf_counter()
+    hist = fit(build_mlp(SIZES, seed=0), data, epochs=2, lr=0.1, batch_size=100, progress=False,
+               callback=lambda step, model: time.sleep(0.01), callback_every=1)
+    total = time.perf_counter() - t0
+    assert len(hist.seconds) == 2
+    assert all(s >= 4 * 0.01 for s in hist.seconds)  # 4 steps of >= 10 ms each per epoch
+    assert hist.wall_time <= total - 2 * 0.3  # the two evaluations are left out
+
+
+def test_a_layer_that_refuses_non_finite_data_is_not_mistaken_for_divergence(data):
+    """A NaN in the training data is a bug in the data, not a diverging run:
+    fit lets the layer's NonFiniteError through; a ValueError of another kind
+    is never caught."""
+    x_train, y_train, x_test, y_test = data
+    x_bad = x_train.copy()
+    x_bad[:, 3] = np.nan
+    with pytest.raises(NonFiniteError):
+        fit(build_mlp(SIZES, batchnorm=True, seed=0), (x_bad, y_train, x_test, y_test),
+            epochs=1, lr=0.1, batch_size=20, progress=False)
+
+    class Refuses(Layer):
+        def forward(self, x):
+            raise ValueError("non-finite in the message, but not a NonFiniteError")
+
+    with pytest.raises(ValueError, match="not a NonFiniteError"):
+        fit(Refuses(), data, epochs=1, lr=0.1, progress=False)
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])

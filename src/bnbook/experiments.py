@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .batchnorm import BatchNorm1d, batchnorm_forward
-from .layers import Linear, SGD, Sigmoid, build_mlp, softmax_cross_entropy
+from .layers import Linear, SGD, build_mlp, softmax_cross_entropy
 from .train import History, evaluate, fit
 
 __all__ = [
