@@ -438,20 +438,31 @@ def test_layer_step_keeps_the_bits_of_the_saved_chapters(m, d):
     assert h.hexdigest()[:16] == SAME_BITS[(m, d)]  # tolerance: none, the same bits
 
 
-def test_layer_step_is_the_functional_forward_and_backward():
-    """The layer adds running statistics and nothing else: its output and
-    gradients are those of batchnorm_forward / batchnorm_backward, bit for bit."""
+@pytest.mark.parametrize("m, d", [(100, 300), (100, 50), (60, 100), (5, 1), (2, 7), (256, 1024)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_step_is_the_functional_forward_and_backward(m, d, dtype):
+    """The layer adds running statistics and buffers, nothing else: its output
+    and gradients are those of batchnorm_forward / batchnorm_backward, bit for
+    bit, and what it returned from one step is not overwritten by the next."""
     rng = np.random.default_rng(12)
-    x = rng.normal(1.0, 2.0, (100, 300)).astype(np.float32)
-    dout = rng.standard_normal((100, 300)).astype(np.float32)
-    layer = BatchNorm1d(300)
-    layer.gamma[...] = rng.uniform(0.5, 2.0, 300)
-    out, cache = batchnorm_forward(x, layer.gamma, layer.beta, layer.eps)
-    dx, dgamma, dbeta = batchnorm_backward(dout, cache)
-    np.testing.assert_array_equal(layer.forward(x), out)  # tolerance: none
-    np.testing.assert_array_equal(layer.backward(dout), dx)
-    np.testing.assert_array_equal(layer.dgamma, dgamma)
-    np.testing.assert_array_equal(layer.dbeta, dbeta)
+    layer = BatchNorm1d(d, dtype=dtype)
+    layer.gamma[...] = rng.uniform(0.5, 2.0, d)
+    layer.beta[...] = rng.standard_normal(d)
+    returned = []
+    for _ in range(2):
+        x = rng.normal(1.0, 2.0, (m, d)).astype(dtype)
+        dout = rng.standard_normal((m, d)).astype(dtype)
+        out, cache = batchnorm_forward(x, layer.gamma, layer.beta, layer.eps)
+        dx, dgamma, dbeta = batchnorm_backward(dout, cache)
+        got_out, got_dx = layer.forward(x), layer.backward(dout)
+        np.testing.assert_array_equal(got_out, out)  # tolerance: none
+        np.testing.assert_array_equal(got_dx, dx)
+        np.testing.assert_array_equal(layer.dgamma, dgamma)
+        np.testing.assert_array_equal(layer.dbeta, dbeta)
+        returned.append((got_out, got_dx, out.copy(), dx.copy()))
+    got_out, got_dx, out, dx = returned[0]
+    np.testing.assert_array_equal(got_out, out)  # step 2 left step 1's results alone
+    np.testing.assert_array_equal(got_dx, dx)
 
 
 @pytest.mark.parametrize("layer_dtype, x_dtype", [(np.float32, np.float64),

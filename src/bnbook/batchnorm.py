@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _batchnorm_step
 from .protocol import (NormLayer, check_batch, check_eps, check_finite, check_momentum,
                        check_param)
 
@@ -40,7 +41,9 @@ __all__ = [
 ]
 
 
-def _check_training_batch(x) -> np.ndarray:
+def _check_forward_args(x, gamma, beta, eps):
+    """The arguments of a training-mode forward pass, checked: ``x`` (m, d)
+    floating with m >= 2, ``gamma`` and ``beta`` finite (d,) in x's dtype."""
     x = check_batch(x)
     if x.shape[0] < 2:
         raise ValueError(
@@ -49,7 +52,8 @@ def _check_training_batch(x) -> np.ndarray:
             "and every output equals beta. Use eval mode for single samples, or drop "
             "/ merge the last partial batch."
         )
-    return x
+    d = x.shape[1]
+    return x, check_param(gamma, d, "gamma", x.dtype), check_param(beta, d, "beta", x.dtype), check_eps(eps)
 
 
 @dataclass
@@ -90,11 +94,8 @@ def batchnorm_forward(x, gamma, beta, eps: float = 1e-5):
     Raises :class:`~bnbook.protocol.NonFiniteError` (a ValueError) if a
     feature's variance is NaN or inf (non-finite or overflowing input).
     """
-    x = _check_training_batch(x)
-    m, d = x.shape
-    gamma = check_param(gamma, d, "gamma", x.dtype)
-    beta = check_param(beta, d, "beta", x.dtype)
-    eps = check_eps(eps)
+    x, gamma, beta, eps = _check_forward_args(x, gamma, beta, eps)
+    m = x.shape[0]
 
     mu = x.sum(axis=0) / m      # 1 mean      mu = (1/m) sum_i x_i
     xc = x - mu                 # 2 centre    c_i = x_i - mu
@@ -216,6 +217,11 @@ class BatchNorm1d(NormLayer):
     another dtype is refused (as torch does): a float64 batch would otherwise
     be normalized in float64 but leave float32 running statistics.
 
+    A training step computes exactly :func:`batchnorm_forward` and
+    :func:`batchnorm_backward` (the same bits), in arrays the layer keeps
+    from step to step (``bnbook._batchnorm_step``: fresh arrays every step
+    cost page faults; ``benchmarks/batchnorm_kernels.py`` measures it).
+
     Two options reproduce other code's conventions (chapter 6 replicates the
     "10 Days of Grad" article's code with them); the defaults are torch's:
 
@@ -240,6 +246,7 @@ class BatchNorm1d(NormLayer):
         self.unbiased_running_var = bool(unbiased_running_var)
         self.running_mean = np.zeros(self.num_features, dtype=self.dtype)
         self.running_var = np.ones(self.num_features, dtype=self.dtype)
+        self._buffers = _batchnorm_step.StepBuffers()
 
     def forward(self, x):
         """Normalize a batch ``x`` of shape (m, num_features) of the layer's
@@ -255,7 +262,10 @@ class BatchNorm1d(NormLayer):
             self._cache = None
             return batchnorm_eval(x, self.gamma, self.beta, self.running_mean,
                                   self.running_var, self.eps)
-        out, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps)
+        # batchnorm_forward, with its (m, d) nodes in this layer's buffers
+        x, gamma, beta, eps = _check_forward_args(x, self.gamma, self.beta, self.eps)
+        out, nodes = _batchnorm_step.forward(x, gamma, beta, eps, self._buffers)
+        cache = BNCache(x, *nodes, gamma, beta, eps)
         self._update_running_stats(cache.mu, cache.var, m=x.shape[0])
         self._cache = cache
         return out
@@ -278,7 +288,10 @@ class BatchNorm1d(NormLayer):
                 "backward() needs a forward() in training mode first "
                 "(eval mode keeps no cache: its statistics are constants)"
             )
-        dx, dgamma, dbeta = batchnorm_backward(dout, self._cache)
+        c = self._cache
+        # batchnorm_backward, with its intermediate in a buffer of this layer
+        dx, dgamma, dbeta = _batchnorm_step.backward(_check_dout(dout, c), c.xhat, c.gamma,
+                                                     c.inv_std, self._buffers)
         if self.param_grads == "sum":
             m = dx.shape[0]
             dgamma, dbeta = m * dgamma, m * dbeta
