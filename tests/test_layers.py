@@ -9,6 +9,7 @@ from bnbook.batchnorm import BatchNorm1d
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
 from bnbook.layers import (
     SGD,
+    Layer,
     Linear,
     ReLU,
     Sequential,
@@ -366,3 +367,29 @@ def test_running_stats_kept_undoes_training_mode_forward_passes():
         assert not np.array_equal(net[1].running_mean, before_mean)  # the pass moved them ...
     assert np.array_equal(net[1].running_mean, before_mean)          # ... and they are back, bit for bit
     assert np.array_equal(net[1].running_var, before_var)
+
+
+def test_sequential_gives_need_input_grad_to_a_first_layer_whose_backward_takes_it():
+    """The protocol's need_input_grad reaches the first layer when its backward
+    accepts it (a Linear then skips dx), and a layer whose backward takes only
+    dout still works first in a network (no isinstance test decides)."""
+    from bnbook.protocol import accepts_need_input_grad
+
+    class Scale(Layer):  # a layer written against the protocol's minimum
+        def forward(self, x):
+            return 2.0 * x
+
+        def backward(self, dout):
+            return 2.0 * dout
+
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    lin = Linear(3, 2, rng=0, dtype=np.float64)
+    assert accepts_need_input_grad(lin) and not accepts_need_input_grad(Scale())
+    net = Sequential(lin)
+    net.forward(x)
+    assert net.backward(dout, need_input_grad=False) is None
+    net = Sequential(Scale(), Linear(3, 2, rng=0, dtype=np.float64))
+    net.forward(x)
+    np.testing.assert_allclose(net.backward(dout, need_input_grad=False),
+                               2.0 * dout @ net[1].W.T, rtol=1e-15, atol=0)

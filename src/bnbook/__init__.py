@@ -8,6 +8,11 @@ Modules:
 * :mod:`bnbook.mnist` -- the MNIST loader (download, checksum, cache)
 * :mod:`bnbook.train` -- the training loop and its History
 * :mod:`bnbook.plots` -- figures shared by the chapters
+* :mod:`bnbook.protocol` -- the Layer base class (the protocol), shared checks, NonFiniteError
+* :mod:`bnbook.layernorm` -- layer normalization (chapter 7)
+* :mod:`bnbook.input_normalization` -- chapter 1's models, preprocessing and drift recorder
+* :mod:`bnbook.inference_stats` -- running averages and population statistics (chapters 5, 7)
+* :mod:`bnbook.timing` -- median timings with timeit (chapter 3)
 """
 from .batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_backward_staged,
                         batchnorm_eval, batchnorm_forward, fold_batchnorm)
@@ -15,5 +20,6 @@ from .gradcheck import numerical_gradient, relative_error
 from .layers import (SGD, Linear, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy,
                      build_mlp, softmax_cross_entropy)
 from .train import History, evaluate, fit, predict
+from .protocol import Layer, NonFiniteError
 
 __version__ = "0.1.0"

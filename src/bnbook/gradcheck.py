@@ -1,4 +1,4 @@
-"""Numerical gradients by centred differences, and how to compare them.
+"""Numerical gradients by centred differences, and how to compare them (chapter 4).
 
 The discipline: compute the analytic gradient, compute a numerical one, and
 look at the *relative* error. In float64 with a good step, a correct
