@@ -393,3 +393,21 @@ def test_sequential_gives_need_input_grad_to_a_first_layer_whose_backward_takes_
     net.forward(x)
     np.testing.assert_allclose(net.backward(dout, need_input_grad=False),
                                2.0 * dout @ net[1].W.T, rtol=1e-15, atol=0)
+
+
+def test_layer_inputs_are_what_each_layer_receives_in_eval_mode():
+    from bnbook.layers import layer_inputs
+
+    net = build_mlp([4, 6, 5, 3], batchnorm=True, seed=1, dtype=np.float64)
+    x = np.random.default_rng(2).normal(1.0, 2.0, (23, 4))
+    net.forward(x)  # a training step moves the running statistics away from 0 and 1
+    rm = net[1].running_mean.copy()
+    picked = layer_inputs(net, x, lambda i, layer: isinstance(layer, BatchNorm1d), batch_size=5)
+    assert net.training and len(picked) == 2
+    np.testing.assert_array_equal(net[1].running_mean, rm)  # eval mode: nothing updated
+    net.eval()
+    np.testing.assert_array_equal(picked[0], net[0].forward(x))  # tolerance: none, the same products
+    np.testing.assert_array_equal(picked[1], net[3].forward(net[2].forward(net[1].forward(picked[0]))))
+    whole = layer_inputs(net, x, lambda i, layer: isinstance(layer, BatchNorm1d))
+    for a, b in zip(whole, picked):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # chunks of 5 rows: same values

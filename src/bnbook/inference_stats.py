@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .batchnorm import BatchNorm1d
-from .layers import SGD, in_mode, running_stats_kept, softmax_cross_entropy
+from .layers import SGD, in_mode, layer_inputs, running_stats_kept, softmax_cross_entropy
 from .protocol import check_momentum, iter_layers
 
 __all__ = [
@@ -114,14 +114,7 @@ def bn_inputs(model, x, batch_size: int = 2000) -> list:
     The network runs in eval mode (earlier BN layers use their running
     statistics). Returns a list with one array (n, num_features) per BN layer.
     """
-    found = []
-    with in_mode(model, training=False):
-        chunks = [np.asarray(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        for layer in iter_layers(model):
-            if isinstance(layer, BatchNorm1d):
-                found.append(np.concatenate(chunks))
-            chunks = [layer.forward(c) for c in chunks]
-    return found
+    return layer_inputs(model, x, lambda i, layer: isinstance(layer, BatchNorm1d), batch_size)
 
 
 def recompute_bn_statistics(model, x, batch_size: int = 1000):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import Linear, build_mlp, in_mode
+from .layers import Linear, build_mlp, layer_inputs
 
 __all__ = [
     "make_scaled_features",
@@ -323,16 +323,10 @@ class PreactivationRecorder:
 
     def __call__(self, step: int, model) -> None:
         linear_idx = [i for i, layer in enumerate(model.layers) if isinstance(layer, Linear)]
-        hidden = set(linear_idx[:-1])
+        after_hidden = {i + 1 for i in linear_idx[:-1]}  # a hidden Linear's output feeds layer i + 1
         # eval mode: no batch-norm statistics get updated by a measurement
-        with in_mode(model, training=False):
-            h, rec = self.probe, []
-            for i, layer in enumerate(model.layers[:linear_idx[-1]]):
-                h = layer.forward(h)
-                if i in hidden:
-                    rec.append(np.array(h, copy=True))
         self.steps.append(int(step))
-        self._values.append(rec)
+        self._values.append(layer_inputs(model, self.probe, lambda i, layer: i in after_hidden))
 
     @property
     def values(self) -> list[np.ndarray]:

@@ -33,6 +33,7 @@ __all__ = [
     "SGD",
     "in_mode",
     "running_stats_kept",
+    "layer_inputs",
 ]
 
 
@@ -341,3 +342,25 @@ def running_stats_kept(model):
     finally:
         for arr, old in saved:
             arr[...] = old
+
+
+def layer_inputs(model, x, select, batch_size: int | None = None) -> list:
+    """What the chosen layers of ``model`` receive for data ``x`` (n, d_in).
+
+    ``select(index, layer)`` picks the layers; the network runs in eval mode
+    (no running statistics change; the previous mode is restored), ``batch_size``
+    rows at a time (None: all at once). Returns one new array (n, width) per
+    picked layer, in order: the input of that layer, i.e. the output of the
+    layer before it. Used for batch norm's inputs (chapters 5 and 7) and
+    chapter 1's pre-activations.
+    """
+    x = np.asarray(x)
+    step = len(x) if batch_size is None else int(batch_size)
+    found = []
+    with in_mode(model, training=False):
+        chunks = [x[i:i + step] for i in range(0, len(x), max(step, 1))]
+        for i, layer in enumerate(iter_layers(model)):
+            if select(i, layer):
+                found.append(np.concatenate(chunks))
+            chunks = [layer.forward(c) for c in chunks]
+    return found
