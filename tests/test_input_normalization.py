@@ -42,7 +42,7 @@ def test_least_squares_matches_lstsq_and_gradient(two_scales):
     np.testing.assert_allclose(p.w_star, w_ref, rtol=1e-9)
     w = np.array([0.3, -0.2])
     assert p.loss(w) == pytest.approx(np.sum((X @ w - y) ** 2) / (2 * len(y)), rel=1e-12)
-    np.testing.assert_allclose(p.grad(w), X.T @ (X @ w - y) / len(y))
+    np.testing.assert_allclose(p.grad(w), X.T @ (X @ w - y) / len(y), rtol=1e-12, atol=0)
     np.testing.assert_allclose(np.linalg.norm(p.grad(p.w_star)), 0, atol=1e-9)
     # the grid version agrees with the pointwise one
     w1, w2 = np.meshgrid(np.linspace(-1, 1, 4), np.linspace(0, 2, 3))
@@ -88,7 +88,7 @@ def test_preprocessing_properties():
     for method in ("zca", "pca"):
         W, m, A = whiten(X, method)
         np.testing.assert_allclose(np.cov(W.T, bias=True), np.eye(2), atol=1e-10)
-        np.testing.assert_allclose((X - m) @ A, W)
+        np.testing.assert_allclose((X - m) @ A, W, rtol=1e-12, atol=1e-12)
     zca, _, A = whiten(X, "zca")
     np.testing.assert_allclose(A, A.T, atol=1e-12)  # ZCA's matrix is symmetric
     with pytest.raises(ValueError):
