@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 
 from bnbook import plots  # noqa: E402
 from bnbook.regression import (LeastSquares, PreactivationRecorder, condition_number,  # noqa: E402
-                               drift_network, gradient_descent, make_correlated_features,
+                               drift_network, fix_eigenvector_signs, gradient_descent,
+                               make_correlated_features,
                                make_linear_targets, make_scaled_features, make_teacher_data,
                                min_max_scale, standardize, steps_bound, whiten,
                                with_intercept)
@@ -95,6 +96,37 @@ def test_preprocessing_properties():
         whiten(X, "cholesky")
     with pytest.raises(ValueError):
         standardize(np.ones((5, 2)))
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_pca_whitening_ignores_the_sign_eigh_returns(monkeypatch, standardized):
+    # Which sign of each eigenvector LAPACK returns depends on the machine
+    # (OpenBLAS's Haswell kernel flips some). Pretend eigh returned every
+    # sign combination: PCA whitening must give the same result (float64,
+    # exact: only signs change).
+    X = make_correlated_features(300, means=(3.0, 50_000.0), stds=(1.0, 20_000.0),
+                                 rho=0.8, seed=0)
+    if standardized:  # the principal axes are the diagonals: |entries| tie at 1/sqrt(2)
+        X = standardize(X)[0]
+    reference = whiten(X, "pca")
+    true_eigh = np.linalg.eigh
+    for flips in ([-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]):
+        monkeypatch.setattr(np.linalg, "eigh",
+                            lambda a, f=np.array(flips): (true_eigh(a)[0], true_eigh(a)[1] * f))
+        for got, want in zip(whiten(X, "pca"), reference):
+            np.testing.assert_array_equal(got, want)
+    monkeypatch.undo()
+
+
+def test_fixed_eigenvector_signs_put_the_largest_entry_positive():
+    # float64; ties to 1e-6 relative: the first entry of the tie counts
+    a = 1 / np.sqrt(2)
+    U = np.array([[-0.6, a * (1 - 1e-15), 0.0], [0.8, -a, 0.0], [0.0, 0.0, -1.0]])
+    F = fix_eigenvector_signs(U)
+    np.testing.assert_array_equal(F, U * np.array([1.0, 1.0, -1.0]))
+    np.testing.assert_array_equal(fix_eigenvector_signs(-U), F)
+    with pytest.raises(ValueError, match="2-D"):
+        fix_eigenvector_signs(np.ones(3))
 
 
 def test_with_intercept_makes_preprocessing_equivalent():

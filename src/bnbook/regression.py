@@ -34,6 +34,7 @@ __all__ = [
     "standardize",
     "min_max_scale",
     "whiten",
+    "fix_eigenvector_signs",
     "with_intercept",
     "two_scale_problems",
     "make_teacher_data",
@@ -258,13 +259,38 @@ def min_max_scale(X):
     return (X - lo) / (hi - lo), lo, hi
 
 
+def fix_eigenvector_signs(U, rtol: float = 1e-6) -> np.ndarray:
+    """Eigenvectors (the columns of ``U``, (d, k)) with a sign that does not
+    depend on the machine.
+
+    An eigenvector is defined only up to its sign, and which sign
+    ``np.linalg.eigh`` returns depends on the LAPACK/BLAS build and kernel
+    (OpenBLAS's Haswell kernel flips some). Each column is multiplied by -1
+    if needed so that its largest-magnitude entry is positive; among entries
+    whose magnitudes tie to a relative ``rtol`` (as in ``(1, -1) / sqrt(2)``,
+    where rounding alone would pick the winner) the first one counts.
+    Returns a new array of U's shape.
+    """
+    U = np.array(U, dtype=float)
+    if U.ndim != 2:
+        raise ValueError(f"U must be 2-D (d, k), one eigenvector per column; got shape {U.shape}")
+    mag = np.abs(U)
+    near_max = mag >= (1.0 - rtol) * mag.max(axis=0)    # (d, k)
+    lead = np.argmax(near_max, axis=0)                   # first such entry per column, (k,)
+    signs = np.sign(U[lead, np.arange(U.shape[1])])
+    signs[signs == 0] = 1.0                              # an all-zero column stays as it is
+    return U * signs
+
+
 def whiten(X, method: str = "zca", eps: float = 0.0):
     """Decorrelate and standardize: the result has identity covariance.
 
     With the covariance ``C = U diag(lam) U^T`` of ``X`` (population, ddof=0):
 
     * ``"pca"``: ``W = U diag(1 / sqrt(lam + eps))`` -- rotate onto the
-      principal axes, then scale each to unit variance;
+      principal axes, then scale each to unit variance (the signs of the
+      axes are fixed by :func:`fix_eigenvector_signs`, so the result is the
+      same on every machine);
     * ``"zca"``: ``W = U diag(1 / sqrt(lam + eps)) U^T`` -- the same, rotated
       back, so the whitened data stay as close as possible to the original.
 
@@ -276,6 +302,7 @@ def whiten(X, method: str = "zca", eps: float = 0.0):
     mean = X.mean(axis=0)
     Xc = X - mean
     lam, U = np.linalg.eigh(Xc.T @ Xc / len(X))
+    U = fix_eigenvector_signs(U)  # PCA's result must not depend on the LAPACK build
     W = U / np.sqrt(lam + eps)
     if method == "zca":
         W = W @ U.T
