@@ -9,7 +9,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from bnbook import plots  # noqa: E402
-from bnbook.regression import (LeastSquares, PreactivationRecorder, condition_number,  # noqa: E402
+from bnbook.layers import build_mlp  # noqa: E402
+from bnbook.regression import (LeastSquares, PreactivationRecorder, activation_conditioning,  # noqa: E402
+                               condition_number, hidden_activations,
                                drift_network, fix_eigenvector_signs, gradient_descent,
                                make_correlated_features,
                                make_linear_targets, make_scaled_features, make_teacher_data,
@@ -111,8 +113,9 @@ def test_pca_whitening_ignores_the_sign_eigh_returns(monkeypatch, standardized):
     reference = whiten(X, "pca")
     true_eigh = np.linalg.eigh
     for flips in ([-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]):
+        f = np.array(flips)
         monkeypatch.setattr(np.linalg, "eigh",
-                            lambda a, f=np.array(flips): (true_eigh(a)[0], true_eigh(a)[1] * f))
+                            lambda a, f=f: (true_eigh(a)[0], true_eigh(a)[1] * f))
         for got, want in zip(whiten(X, "pca"), reference):
             np.testing.assert_array_equal(got, want)
     monkeypatch.undo()
@@ -151,6 +154,49 @@ def test_teacher_data_and_recorder():
     assert [v.shape for v in vals] == [(5, 50, 16), (5, 50, 16)]
     # the first record is the untrained network's first pre-activation
     assert not np.allclose(vals[0][0], vals[0][-1])
+
+
+def test_recorder_sees_batchnorm_outputs_and_leaves_the_model_alone():
+    x, y = make_teacher_data(400, d=8, classes=3, seed=0)
+    net = build_mlp([8, 16, 16, 3], batchnorm=True, seed=0, dtype=np.float64)
+    rec = PreactivationRecorder(x[:100], where="nonlinearity", training=True, steps={0, 3, 6, 9})
+    lin = PreactivationRecorder(x[:100])
+    fit(net, (x[100:], y[100:], x[:100], y[:100]), epochs=1, lr=0.1, batch_size=50,
+        progress=False, callback=lambda s, m: (rec(s, m), lin(s, m)), callback_every=1)
+    assert rec.steps == [0, 3, 6] and lin.steps == list(range(7))  # 6 steps were made
+    # the inputs of the ReLUs are batch-norm outputs on the probe's own statistics
+    # (gamma, beta still near 1, 0 at step 0 at lr 0.1; float64, tolerances stated)
+    for v in rec.values:
+        np.testing.assert_allclose(v[0].mean(axis=0), 0, atol=1e-12)
+        np.testing.assert_allclose(v[0].std(axis=0), 1, atol=1e-4)
+    # ... whereas the Linear outputs are not normalized
+    assert np.abs(lin.values[1][0].mean(axis=0)).max() > 0.1
+    # measuring in training mode did not touch the running statistics: they saw
+    # the 6 training batches only (momentum 0.1: 1 - 0.9**6 of the way from 0)
+    bn = net.layers[1]
+    assert np.abs(bn.running_mean).max() < 1.0 and not np.allclose(bn.running_mean, 0)
+    before = bn.running_mean.copy()
+    hidden_activations(net, x[:50], training=True)
+    np.testing.assert_array_equal(bn.running_mean, before)
+    with pytest.raises(ValueError, match="where"):
+        PreactivationRecorder(x, where="relu")
+
+
+def test_hidden_activations_and_their_conditioning():
+    x = np.random.default_rng(0).standard_normal((500, 6))
+    net = build_mlp([6, 10, 10, 2], seed=1, dtype=np.float64)
+    acts = hidden_activations(net, x)
+    assert [a.shape for a in acts] == [(500, 10), (500, 10)]
+    # the first is ReLU(x W1 + b1), computed by hand
+    lin = net.layers[0]
+    np.testing.assert_allclose(acts[0], np.maximum(x @ lin.W + lin.b, 0), rtol=1e-12)
+    unc, cen = activation_conditioning(acts[0])
+    assert unc == pytest.approx(condition_number(acts[0]), rel=1e-12)
+    # non-negative activations: the mean adds curvature, centring removes it
+    assert unc > 1.5 * cen > 1.5
+    # a dead (constant) unit makes both matrices singular
+    dead = np.column_stack([acts[0], np.zeros(500)])
+    assert activation_conditioning(dead) == (float("inf"), float("inf"))
 
 
 def test_plot_helpers_run(two_scales):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import Linear, build_mlp, in_mode
+from .layers import Linear, ReLU, Sigmoid, build_mlp, in_mode, running_stats_kept
 
 __all__ = [
     "make_scaled_features",
@@ -40,6 +40,8 @@ __all__ = [
     "make_teacher_data",
     "PreactivationRecorder",
     "drift_network",
+    "hidden_activations",
+    "activation_conditioning",
 ]
 
 
@@ -210,9 +212,13 @@ def steps_bound(kappa: float, excess0: float, target_excess: float) -> int:
 
 def condition_number(X, intercept: bool = False) -> float:
     """Condition number of the least-squares Hessian ``X^T X / n`` of ``X`` (n, d);
-    with ``intercept=True`` a column of ones is included (a model with a bias)."""
+    with ``intercept=True`` a column of ones is included (a model with a bias).
+    A Hessian that is singular to rounding (smallest eigenvalue at most 1e-13
+    times the largest) has condition number ``inf``."""
     X = with_intercept(X) if intercept else np.asarray(X, dtype=float)
     ev = np.linalg.eigvalsh(X.T @ X / len(X))
+    if ev[0] <= 1e-13 * ev[-1]:  # singular to rounding: a constant (e.g. dead) feature
+        return float("inf")
     return float(ev[-1] / ev[0])
 
 
@@ -334,34 +340,91 @@ def drift_network(sizes=(20, 64, 64, 64, 64, 4), seed=0, **kw):
     return build_mlp(list(sizes), batchnorm=False, seed=seed, **kw)
 
 
+def _hidden_passes(model, x, training: bool):
+    """Run ``x`` through ``model`` up to its last Linear layer and yield
+    ``(layer, input, output)`` for every layer on the way. ``training=True``
+    uses training mode (batch norm normalizes with the statistics of ``x``
+    itself) and restores the running statistics afterwards; ``False`` uses
+    eval mode. Either way the model is left as it was."""
+    linear_idx = [i for i, layer in enumerate(model.layers) if isinstance(layer, Linear)]
+    with running_stats_kept(model), in_mode(model, training=training):
+        h = x
+        for layer in model.layers[:linear_idx[-1]]:
+            out = layer.forward(h)
+            yield layer, h, out
+            h = out
+
+
+def hidden_activations(model, x, training: bool = False) -> list[np.ndarray]:
+    """The output of every hidden nonlinearity (ReLU or sigmoid) of ``model``
+    (a :class:`~bnbook.layers.Sequential` MLP) on the batch ``x`` (n, d_in):
+    a list with one array (n, units_j) per hidden layer, the inputs of the
+    next Linear layer. ``training`` as in :class:`PreactivationRecorder`."""
+    return [np.array(out, copy=True) for layer, _, out in _hidden_passes(model, np.asarray(x), training)
+            if isinstance(layer, (ReLU, Sigmoid))]
+
+
+def activation_conditioning(A) -> tuple[float, float]:
+    """How well conditioned the inputs ``A`` (n, units) of a linear layer are,
+    as the condition numbers of two (units, units) matrices:
+
+    * ``A^T A / n``, the uncentred second moment, which is the Hessian of a
+      least-squares loss in the layer's weights (section 1 of chapter 1); it
+      equals ``C + mu mu^T``, so a nonzero mean ``mu`` adds curvature along
+      ``mu`` (non-negative ReLU outputs always have one);
+    * the covariance ``C`` (the centred matrix), what is left once the means
+      are removed.
+
+    Returns ``(uncentred, centred)``; ``inf`` where a unit is constant (dead).
+    """
+    A = np.asarray(A, dtype=float)
+    return condition_number(A), condition_number(A - A.mean(axis=0))
+
+
 class PreactivationRecorder:
     """A ``callback(step, model)`` for :func:`bnbook.train.fit` that records,
-    on a fixed ``probe`` batch (p, d_in), the output of every Linear layer
-    (the pre-activations ``z = x W + b``) except the last one.
+    on a fixed ``probe`` batch (p, d_in), a hidden quantity of every hidden
+    layer:
+
+    * ``where="linear"`` (default): the output of every Linear layer but the
+      last (the pre-activations ``z = x W + b``);
+    * ``where="nonlinearity"``: the input of every hidden nonlinearity (the
+      same as "linear" without batch norm; the batch-norm output with it).
+
+    ``training=False`` (default) measures in eval mode; ``True`` in training
+    mode, where batch norm normalizes with the probe batch's own statistics
+    (the running statistics are put back afterwards). A measurement changes
+    nothing in the model. ``steps``, if given, is the set of training steps
+    to record at (others are skipped; use ``callback_every=1``).
 
     After training: ``steps`` (k,) and ``values[j]`` (k, p, units_j) for the
-    j-th hidden Linear layer.
+    j-th hidden layer.
     """
 
-    def __init__(self, probe):
+    def __init__(self, probe, where: str = "linear", training: bool = False, steps=None):
+        if where not in ("linear", "nonlinearity"):
+            raise ValueError(f"where must be 'linear' or 'nonlinearity'; got {where!r}")
         self.probe = np.asarray(probe)
+        self.where, self.training = where, bool(training)
+        self._at = None if steps is None else {int(s) for s in steps}
         self.steps: list[int] = []
         self._values: list[list[np.ndarray]] = []
 
     def __call__(self, step: int, model) -> None:
+        if self._at is not None and int(step) not in self._at:
+            return
         linear_idx = [i for i, layer in enumerate(model.layers) if isinstance(layer, Linear)]
-        hidden = set(linear_idx[:-1])
-        # eval mode: no batch-norm statistics get updated by a measurement
-        with in_mode(model, training=False):
-            h, rec = self.probe, []
-            for i, layer in enumerate(model.layers[:linear_idx[-1]]):
-                h = layer.forward(h)
-                if i in hidden:
-                    rec.append(np.array(h, copy=True))
+        rec = []
+        for layer, h_in, h_out in _hidden_passes(model, self.probe, self.training):
+            if self.where == "linear" and isinstance(layer, Linear):
+                rec.append(np.array(h_out, copy=True))
+            elif self.where == "nonlinearity" and isinstance(layer, (ReLU, Sigmoid)):
+                rec.append(np.array(h_in, copy=True))
+        assert len(rec) == len(linear_idx) - 1, "one record per hidden layer"
         self.steps.append(int(step))
         self._values.append(rec)
 
     @property
     def values(self) -> list[np.ndarray]:
-        """One array (k, p, units) per hidden Linear layer."""
+        """One array (k, p, units) per hidden layer."""
         return [np.stack([v[j] for v in self._values]) for j in range(len(self._values[0]))]
