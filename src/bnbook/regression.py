@@ -131,7 +131,10 @@ class LeastSquares:
 
     @property
     def best_lr(self) -> float:
-        """The best constant step size ``2 / (lambda_min + lambda_max)``."""
+        """The constant step size ``2 / (lambda_min + lambda_max)``: the one with
+        the best worst-case guarantee, because it minimizes the largest
+        per-step contraction ``max_i |1 - lr * lambda_i|`` over the Hessian's
+        eigenvalues (another step can still take fewer steps from a given start)."""
         return 2.0 / (self.lam_min + self.lam_max)
 
     def loss(self, w) -> np.ndarray:
@@ -226,7 +229,9 @@ def two_scale_problems(ratio: float = 10.0, n: int = 200, noise: float = 0.5, se
     """The running example of chapter 1 at a given feature scale ratio.
 
     ``x1 ~ U(1, 5)`` and ``x2 ~ U(ratio, 5 * ratio)``; targets
-    ``y = 2 x1 + (3 / ratio) x2 + noise`` (both features contribute equally).
+    ``y = 2 x1 + (3 / ratio) x2 + noise``. Over their ranges ``x1`` moves
+    ``y`` by 8 and ``x2`` by 12 at every ratio: both features matter, on
+    comparable terms, and the raw weights differ by the ratio.
     Returns ``(raw, std)``: the :class:`LeastSquares` problem of the model
     ``y ~ w1 x1 + w2 x2`` on the raw features, and that of
     ``y - mean(y) ~ v1 z1 + v2 z2`` on the standardized features ``z`` (with
