@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 from bnbook import plots  # noqa: E402
 from bnbook.layers import build_mlp  # noqa: E402
 from bnbook.regression import (LeastSquares, PreactivationRecorder, activation_conditioning,  # noqa: E402
-                               condition_number, hidden_activations,
+                               condition_number, distribution_drift, hidden_activations,
                                drift_network, fix_eigenvector_signs, gradient_descent,
                                make_correlated_features,
                                make_linear_targets, make_scaled_features, make_teacher_data,
@@ -197,6 +197,19 @@ def test_hidden_activations_and_their_conditioning():
     # a dead (constant) unit makes both matrices singular
     dead = np.column_stack([acts[0], np.zeros(500)])
     assert activation_conditioning(dead) == (float("inf"), float("inf"))
+
+
+def test_drift_measures_mean_shift_in_initial_stds_and_spread_factor():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((2000, 3)) * np.array([1.0, 2.0, 4.0])  # (samples, units)
+    # step 1: every unit shifted by half its std; step 2: every spread doubled
+    values = np.stack([base, base + 0.5 * base.std(0), 2 * base])
+    shift, spread = distribution_drift(values)
+    np.testing.assert_allclose(shift, [0, 0.5, np.median(np.abs(base.mean(0)) / base.std(0))],
+                               rtol=1e-12)
+    np.testing.assert_allclose(spread, [1, 1, 2], rtol=1e-12)
+    with pytest.raises(ValueError, match="steps, samples, units"):
+        distribution_drift(base)
 
 
 def test_plot_helpers_run(two_scales):

@@ -42,6 +42,7 @@ __all__ = [
     "drift_network",
     "hidden_activations",
     "activation_conditioning",
+    "distribution_drift",
 ]
 
 
@@ -384,6 +385,23 @@ def activation_conditioning(A) -> tuple[float, float]:
     """
     A = np.asarray(A, dtype=float)
     return condition_number(A), condition_number(A - A.mean(axis=0))
+
+
+def distribution_drift(values):
+    """How far the distribution of each unit moved from the first record.
+
+    ``values`` (k, p, units): one unit's values on a probe batch of p samples
+    at k recorded steps (one entry of :attr:`PreactivationRecorder.values`).
+    Returns ``(shift, spread)``, both (k,): the median over units of
+    ``|mean_t - mean_0| / std_0`` (how far the mean moved, in initial
+    standard deviations) and of ``std_t / std_0`` (by what factor the spread
+    changed).
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 3:
+        raise ValueError(f"values must be (steps, samples, units); got shape {v.shape}")
+    m, s = v.mean(axis=1), v.std(axis=1)          # (k, units)
+    return np.median(np.abs(m - m[0]) / s[0], axis=1), np.median(s / s[0], axis=1)
 
 
 class PreactivationRecorder:
