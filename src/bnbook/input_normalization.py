@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import Linear, build_mlp, layer_inputs
+from .layers import Linear, ReLU, Sigmoid, build_mlp, in_mode, running_stats_kept
 
 __all__ = [
     "make_scaled_features",
@@ -34,11 +34,15 @@ __all__ = [
     "standardize",
     "min_max_scale",
     "whiten",
+    "fix_eigenvector_signs",
     "with_intercept",
     "two_scale_problems",
     "make_teacher_data",
     "PreactivationRecorder",
     "drift_network",
+    "hidden_activations",
+    "activation_conditioning",
+    "distribution_drift",
 ]
 
 
@@ -128,7 +132,10 @@ class LeastSquares:
 
     @property
     def best_lr(self) -> float:
-        """The best constant step size ``2 / (lambda_min + lambda_max)``."""
+        """The constant step size ``2 / (lambda_min + lambda_max)``: the one with
+        the best worst-case guarantee, because it minimizes the largest
+        per-step contraction ``max_i |1 - lr * lambda_i|`` over the Hessian's
+        eigenvalues (another step can still take fewer steps from a given start)."""
         return 2.0 / (self.lam_min + self.lam_max)
 
     def loss(self, w) -> np.ndarray:
@@ -209,9 +216,13 @@ def steps_bound(kappa: float, excess0: float, target_excess: float) -> int:
 
 def condition_number(X, intercept: bool = False) -> float:
     """Condition number of the least-squares Hessian ``X^T X / n`` of ``X`` (n, d);
-    with ``intercept=True`` a column of ones is included (a model with a bias)."""
+    with ``intercept=True`` a column of ones is included (a model with a bias).
+    A Hessian that is singular to rounding (smallest eigenvalue at most 1e-13
+    times the largest) has condition number ``inf``."""
     X = with_intercept(X) if intercept else np.asarray(X, dtype=float)
     ev = np.linalg.eigvalsh(X.T @ X / len(X))
+    if ev[0] <= 1e-13 * ev[-1]:  # singular to rounding: a constant (e.g. dead) feature
+        return float("inf")
     return float(ev[-1] / ev[0])
 
 
@@ -219,7 +230,9 @@ def two_scale_problems(ratio: float = 10.0, n: int = 200, noise: float = 0.5, se
     """The running example of chapter 1 at a given feature scale ratio.
 
     ``x1 ~ U(1, 5)`` and ``x2 ~ U(ratio, 5 * ratio)``; targets
-    ``y = 2 x1 + (3 / ratio) x2 + noise`` (both features contribute equally).
+    ``y = 2 x1 + (3 / ratio) x2 + noise``. Over their ranges ``x1`` moves
+    ``y`` by 8 and ``x2`` by 12 at every ratio: both features matter, on
+    comparable terms, and the raw weights differ by the ratio.
     Returns ``(raw, std)``: the :class:`LeastSquares` problem of the model
     ``y ~ w1 x1 + w2 x2`` on the raw features, and that of
     ``y - mean(y) ~ v1 z1 + v2 z2`` on the standardized features ``z`` (with
@@ -258,13 +271,38 @@ def min_max_scale(X):
     return (X - lo) / (hi - lo), lo, hi
 
 
+def fix_eigenvector_signs(U, rtol: float = 1e-6) -> np.ndarray:
+    """Eigenvectors (the columns of ``U``, (d, k)) with a sign that does not
+    depend on the machine.
+
+    An eigenvector is defined only up to its sign, and which sign
+    ``np.linalg.eigh`` returns depends on the LAPACK/BLAS build and kernel
+    (OpenBLAS's Haswell kernel flips some). Each column is multiplied by -1
+    if needed so that its largest-magnitude entry is positive; among entries
+    whose magnitudes tie to a relative ``rtol`` (as in ``(1, -1) / sqrt(2)``,
+    where rounding alone would pick the winner) the first one counts.
+    Returns a new array of U's shape.
+    """
+    U = np.array(U, dtype=float)
+    if U.ndim != 2:
+        raise ValueError(f"U must be 2-D (d, k), one eigenvector per column; got shape {U.shape}")
+    mag = np.abs(U)
+    near_max = mag >= (1.0 - rtol) * mag.max(axis=0)    # (d, k)
+    lead = np.argmax(near_max, axis=0)                   # first such entry per column, (k,)
+    signs = np.sign(U[lead, np.arange(U.shape[1])])
+    signs[signs == 0] = 1.0                              # an all-zero column stays as it is
+    return U * signs
+
+
 def whiten(X, method: str = "zca", eps: float = 0.0):
     """Decorrelate and standardize: the result has identity covariance.
 
     With the covariance ``C = U diag(lam) U^T`` of ``X`` (population, ddof=0):
 
     * ``"pca"``: ``W = U diag(1 / sqrt(lam + eps))`` -- rotate onto the
-      principal axes, then scale each to unit variance;
+      principal axes, then scale each to unit variance (the signs of the
+      axes are fixed by :func:`fix_eigenvector_signs`, so the result is the
+      same on every machine);
     * ``"zca"``: ``W = U diag(1 / sqrt(lam + eps)) U^T`` -- the same, rotated
       back, so the whitened data stay as close as possible to the original.
 
@@ -276,6 +314,7 @@ def whiten(X, method: str = "zca", eps: float = 0.0):
     mean = X.mean(axis=0)
     Xc = X - mean
     lam, U = np.linalg.eigh(Xc.T @ Xc / len(X))
+    U = fix_eigenvector_signs(U)  # PCA's result must not depend on the LAPACK build
     W = U / np.sqrt(lam + eps)
     if method == "zca":
         W = W @ U.T
@@ -307,28 +346,108 @@ def drift_network(sizes=(20, 64, 64, 64, 64, 4), seed=0, **kw):
     return build_mlp(list(sizes), batchnorm=False, seed=seed, **kw)
 
 
+def _hidden_passes(model, x, training: bool):
+    """Run ``x`` through ``model`` up to its last Linear layer and yield
+    ``(layer, input, output)`` for every layer on the way. ``training=True``
+    uses training mode (batch norm normalizes with the statistics of ``x``
+    itself) and restores the running statistics afterwards; ``False`` uses
+    eval mode. Either way the model is left as it was."""
+    linear_idx = [i for i, layer in enumerate(model.layers) if isinstance(layer, Linear)]
+    with running_stats_kept(model), in_mode(model, training=training):
+        h = x
+        for layer in model.layers[:linear_idx[-1]]:
+            out = layer.forward(h)
+            yield layer, h, out
+            h = out
+
+
+def hidden_activations(model, x, training: bool = False) -> list[np.ndarray]:
+    """The output of every hidden nonlinearity (ReLU or sigmoid) of ``model``
+    (a :class:`~bnbook.layers.Sequential` MLP) on the batch ``x`` (n, d_in):
+    a list with one array (n, units_j) per hidden layer, the inputs of the
+    next Linear layer. ``training`` as in :class:`PreactivationRecorder`."""
+    return [np.array(out, copy=True) for layer, _, out in _hidden_passes(model, np.asarray(x), training)
+            if isinstance(layer, (ReLU, Sigmoid))]
+
+
+def activation_conditioning(A) -> tuple[float, float]:
+    """How well conditioned the inputs ``A`` (n, units) of a linear layer are,
+    as the condition numbers of two (units, units) matrices:
+
+    * ``A^T A / n``, the uncentred second moment, which is the Hessian of a
+      least-squares loss in the layer's weights (section 1 of chapter 1); it
+      equals ``C + mu mu^T``, so a nonzero mean ``mu`` adds curvature along
+      ``mu`` (non-negative ReLU outputs always have one);
+    * the covariance ``C`` (the centred matrix), what is left once the means
+      are removed.
+
+    Returns ``(uncentred, centred)``; ``inf`` where a unit is constant (dead).
+    """
+    A = np.asarray(A, dtype=float)
+    return condition_number(A), condition_number(A - A.mean(axis=0))
+
+
+def distribution_drift(values):
+    """How far the distribution of each unit moved from the first record.
+
+    ``values`` (k, p, units): one unit's values on a probe batch of p samples
+    at k recorded steps (one entry of :attr:`PreactivationRecorder.values`).
+    Returns ``(shift, spread)``, both (k,): the median over units of
+    ``|mean_t - mean_0| / std_0`` (how far the mean moved, in initial
+    standard deviations) and of ``std_t / std_0`` (by what factor the spread
+    changed).
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 3:
+        raise ValueError(f"values must be (steps, samples, units); got shape {v.shape}")
+    m, s = v.mean(axis=1), v.std(axis=1)          # (k, units)
+    return np.median(np.abs(m - m[0]) / s[0], axis=1), np.median(s / s[0], axis=1)
+
+
 class PreactivationRecorder:
     """A ``callback(step, model)`` for :func:`bnbook.train.fit` that records,
-    on a fixed ``probe`` batch (p, d_in), the output of every Linear layer
-    (the pre-activations ``z = x W + b``) except the last one.
+    on a fixed ``probe`` batch (p, d_in), a hidden quantity of every hidden
+    layer:
+
+    * ``where="linear"`` (default): the output of every Linear layer but the
+      last (the pre-activations ``z = x W + b``);
+    * ``where="nonlinearity"``: the input of every hidden nonlinearity (the
+      same as "linear" without batch norm; the batch-norm output with it).
+
+    ``training=False`` (default) measures in eval mode; ``True`` in training
+    mode, where batch norm normalizes with the probe batch's own statistics
+    (the running statistics are put back afterwards). A measurement changes
+    nothing in the model. ``steps``, if given, is the set of training steps
+    to record at (others are skipped; use ``callback_every=1``).
 
     After training: ``steps`` (k,) and ``values[j]`` (k, p, units_j) for the
-    j-th hidden Linear layer.
+    j-th hidden layer.
     """
 
-    def __init__(self, probe):
+    def __init__(self, probe, where: str = "linear", training: bool = False, steps=None):
+        if where not in ("linear", "nonlinearity"):
+            raise ValueError(f"where must be 'linear' or 'nonlinearity'; got {where!r}")
         self.probe = np.asarray(probe)
+        self.where, self.training = where, bool(training)
+        self._at = None if steps is None else {int(s) for s in steps}
         self.steps: list[int] = []
         self._values: list[list[np.ndarray]] = []
 
     def __call__(self, step: int, model) -> None:
+        if self._at is not None and int(step) not in self._at:
+            return
         linear_idx = [i for i, layer in enumerate(model.layers) if isinstance(layer, Linear)]
-        after_hidden = {i + 1 for i in linear_idx[:-1]}  # a hidden Linear's output feeds layer i + 1
-        # eval mode: no batch-norm statistics get updated by a measurement
+        rec = []
+        for layer, h_in, h_out in _hidden_passes(model, self.probe, self.training):
+            if self.where == "linear" and isinstance(layer, Linear):
+                rec.append(np.array(h_out, copy=True))
+            elif self.where == "nonlinearity" and isinstance(layer, (ReLU, Sigmoid)):
+                rec.append(np.array(h_in, copy=True))
+        assert len(rec) == len(linear_idx) - 1, "one record per hidden layer"
         self.steps.append(int(step))
-        self._values.append(layer_inputs(model, self.probe, lambda i, layer: i in after_hidden))
+        self._values.append(rec)
 
     @property
     def values(self) -> list[np.ndarray]:
-        """One array (k, p, units) per hidden Linear layer."""
+        """One array (k, p, units) per hidden layer."""
         return [np.stack([v[j] for v in self._values]) for j in range(len(self._values[0]))]
