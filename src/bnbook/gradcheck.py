@@ -15,8 +15,13 @@ import numpy as np
 
 from .layers import running_stats_kept
 
-__all__ = ["numerical_gradient", "relative_error", "check_layer_gradients",
-           "check_sampled_entries", "check_random_direction"]
+__all__ = [
+    "check_layer_gradients",
+    "check_random_direction",
+    "check_sampled_entries",
+    "numerical_gradient",
+    "relative_error",
+]
 
 
 def numerical_gradient(f, x, dout, h: float = 1e-5) -> np.ndarray:
