@@ -221,9 +221,10 @@ def test_every_chapter_ends_with_summary_and_exercises(build):
             problems.append(f"{page}: h2 sections {headings} lack Summary or Exercises")
             continue
         exercises = html[html.index('<section id="exercises">'):]
-        admonitions = re.findall(r'<div class="([^"]*\badmonition\b[^"]*)"[^>]*>\s*<p class="admonition-title">([^<]*)<', exercises)
-        # "Solution" (a plain admonition) or "Solution to Exercise n.k" (sphinx-exercise)
-        solutions = [a for a in admonitions if a[1].strip() in ("Solution", "Solution to")]
+        # a solution is a plain "Solution" admonition or sphinx-exercise's "Solution to Exercise N"
+        admonitions = re.findall(r'<div class="([^"]*\badmonition\b[^"]*)"[^>]*>\s*<p class="admonition-title">(.*?)</p>',
+                                 exercises, re.DOTALL)
+        solutions = [a for a in admonitions if re.sub(r"<[^>]+>", "", a[1]).split()[:1] == ["Solution"]]
         if not 2 <= len(solutions) <= 4:
             problems.append(f"{page}: {len(solutions)} 'Solution' admonitions in Exercises (want 2-4)")
         closed = [a for a in solutions if "dropdown" in a[0].split()]

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
+from bnbook.gradcheck import (
+    check_layer_gradients,
+    check_random_direction,
+    check_sampled_entries,
+    numerical_gradient,
+    relative_error,
+)
 from bnbook.layers import Linear, Sequential, build_mlp, softmax_cross_entropy
 
 
@@ -109,3 +115,43 @@ def test_check_layer_gradients_leaves_the_running_statistics_as_they_were():
     assert max(errors.values()) < 1e-6
     np.testing.assert_array_equal(bn.running_mean, before[0])  # tolerance: none
     np.testing.assert_array_equal(bn.running_var, before[1])
+def _small_net_and_broken_copy():
+    rng = np.random.default_rng(4)
+    net = Sequential(Linear(4, 3, rng=rng, dtype=np.float64))
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+
+    class BrokenLinear(Linear):
+        def backward(self, dout, need_input_grad=True):
+            dx = super().backward(dout, need_input_grad)
+            self.dW *= 1.1  # a 10% error in one gradient
+            return dx
+
+    broken = Sequential(BrokenLinear(4, 3, rng=np.random.default_rng(4), dtype=np.float64))
+    return net, broken, x, y
+
+
+def test_check_sampled_entries_passes_correct_and_flags_wrong_gradients():
+    net, broken, x, y = _small_net_and_broken_copy()
+    good = check_sampled_entries(net, softmax_cross_entropy, x, y, n=5, rng=np.random.default_rng(0))
+    assert set(good) == {"0.W", "0.b"} and max(good.values()) < 1e-8  # float64, h = 1e-5
+    bad = check_sampled_entries(broken, softmax_cross_entropy, x, y, n=5, rng=np.random.default_rng(0))
+    assert bad["0.W"] > 1e-2 and bad["0.b"] < 1e-8
+    with pytest.raises(ValueError, match="positive integer"):
+        check_sampled_entries(net, softmax_cross_entropy, x, y, n=0, rng=np.random.default_rng(0))
+
+
+def test_check_random_direction_matches_gradient_and_restores_parameters():
+    net, broken, x, y = _small_net_and_broken_copy()
+    before = [p.copy() for _, p, _ in net.params()]
+    num, ana, err = check_random_direction(net, softmax_cross_entropy, x, y, rng=np.random.default_rng(1))
+    assert err < 1e-8 and num == pytest.approx(ana, rel=1e-7)  # centred difference, h = 1e-5, float64
+    assert all(np.array_equal(p, b) for (_, p, _), b in zip(net.params(), before))  # bit for bit
+    _, _, err_bad = check_random_direction(broken, softmax_cross_entropy, x, y, rng=np.random.default_rng(1))
+    assert err_bad > 1e-3  # a 10% error in dW moves <grad, u> by a few percent of its size
+
+
+def test_relative_error_never_exceeds_one():
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(1000), rng.standard_normal(1000)
+    assert relative_error(a, b) <= 1.0
+    assert relative_error(a, -a) == 1.0 and relative_error(a, np.zeros_like(a)) == 1.0
