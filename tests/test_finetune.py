@@ -28,7 +28,7 @@ def test_frozen_forward_equals_eval_mode_in_both_modes():
 
 
 def test_frozen_backward_matches_numerical_gradient():
-    net, x, _ = _trained_net()
+    net, _, _ = _trained_net()
     layer = FrozenBatchNorm1d(net[1])
     z = np.random.default_rng(1).normal(size=(5, 8))
     dout = np.random.default_rng(2).normal(size=(5, 8))
