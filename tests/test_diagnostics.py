@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 
 from bnbook.batchnorm import BatchNorm1d
-from bnbook.diagnostics import (GradientShiftRecorder, NormRecorder, along_gradient,
-                                feature_drift, gradient_shift, layer_statistics,
-                                loss_and_gradients, train_sgd)
+from bnbook.diagnostics import (
+    GradientShiftRecorder,
+    NormRecorder,
+    along_gradient,
+    feature_drift,
+    gradient_shift,
+    layer_statistics,
+    loss_and_gradients,
+    train_sgd,
+)
 from bnbook.experiment_layers import NoisyAffine, Tanh
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
 from bnbook.layers import Linear, ReLU, Sequential, build_mlp, softmax_cross_entropy
@@ -90,7 +97,7 @@ def test_loss_and_gradients_match_numerical_gradients_and_keep_state():
     net = _net(bn=True)
     x, y = _data()
     before = _state(net)
-    loss, grads = loss_and_gradients(net, x, y)
+    _, grads = loss_and_gradients(net, x, y)
     assert _same_state(before, _state(net))
     errors = check_layer_gradients(net, softmax_cross_entropy, x, y)
     assert max(errors.values()) < 1e-6
@@ -228,3 +235,25 @@ def test_train_sgd_rejects_bad_settings():
         train_sgd(build_mlp([6, 4, 3]), x, y, steps=1, lr=0.1, weight_decay=-1.0)
     with pytest.raises(ValueError, match="batch"):
         train_sgd(build_mlp([6, 4, 3]), x, y, steps=1, lr=0.1, batch_size=20)
+
+
+# --------------------------------------------------------------------------
+# build_net
+# --------------------------------------------------------------------------
+def test_build_net_draws_the_same_weights_as_build_mlp():
+    from bnbook.experiment_layers import build_net
+
+    for bn in (False, True):
+        a = build_mlp([8, 6, 5, 3], batchnorm=bn, seed=4)
+        b = build_net([8, 6, 5, 3], batchnorm=bn, seed=4, dropout=0.5,
+                      noise=(0.5, 1.5) if bn else None)
+        wa = [p for n, p, _ in a.params() if n.endswith("W")]
+        wb = [p for n, p, _ in b.params() if n.endswith("W")]
+        assert len(wa) == len(wb) == 3 and all(np.array_equal(u, v) for u, v in zip(wa, wb))
+    kinds = [type(layer).__name__ for layer in b.layers]
+    assert kinds == ["Linear", "BatchNorm1d", "NoisyAffine", "ReLU", "Dropout",
+                     "Linear", "BatchNorm1d", "NoisyAffine", "ReLU", "Dropout", "Linear"]
+    with pytest.raises(ValueError, match="batchnorm"):
+        build_net([8, 6, 3], noise=(1.0, 2.0))
+    with pytest.raises(ValueError, match="activation"):
+        build_net([8, 6, 3], activation="elu")

@@ -26,8 +26,16 @@ import numpy as np
 from .experiment_layers import Tanh
 from .layers import Linear, Sigmoid, running_stats_kept, softmax_cross_entropy
 
-__all__ = ["loss_and_gradients", "gradient_shift", "GradientShiftRecorder", "along_gradient",
-           "layer_statistics", "feature_drift", "train_sgd", "NormRecorder"]
+__all__ = [
+    "GradientShiftRecorder",
+    "NormRecorder",
+    "along_gradient",
+    "feature_drift",
+    "gradient_shift",
+    "layer_statistics",
+    "loss_and_gradients",
+    "train_sgd",
+]
 
 
 def _norm(a) -> float:

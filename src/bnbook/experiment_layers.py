@@ -14,7 +14,7 @@ import numpy as np
 
 from .layers import Layer
 
-__all__ = ["Tanh", "NoisyAffine"]
+__all__ = ["NoisyAffine", "Tanh", "build_net"]
 
 
 class Tanh(Layer):
@@ -65,3 +65,46 @@ class NoisyAffine(Layer):
 
     def __repr__(self) -> str:
         return f"NoisyAffine({self.num_features}, shift={self.shift}, scale={self.scale})"
+
+
+def build_net(sizes, *, batchnorm: bool = False, activation: str = "relu", dropout: float = 0.0,
+              noise: tuple | None = None, init: str | None = None, gain: float = 1.0,
+              seed: int = 0, dtype=np.float32):
+    """A fully connected network like :func:`bnbook.layers.build_mlp`, with the
+    extra options chapter 8 needs.
+
+    Each hidden layer is ``Linear -> [BatchNorm1d -> [NoisyAffine]] ->
+    activation -> [Dropout]``; the output layer is a Linear with bias.
+    ``activation``: ``"relu"``, ``"tanh"`` or ``"sigmoid"``; ``dropout``: the
+    drop probability (0: no Dropout layer); ``noise``: ``(shift, scale)`` of a
+    :class:`NoisyAffine` after every batch norm (needs ``batchnorm=True``).
+    Weights are drawn as in ``build_mlp`` (one generator seeded with ``seed``,
+    layer by layer), so the same ``seed`` gives the same weights with and
+    without batch norm, dropout or noise; the Dropout and NoisyAffine layers
+    get generators of their own, derived from ``seed``.
+    """
+    from .batchnorm import BatchNorm1d
+    from .dropout import Dropout
+    from .layers import Linear, ReLU, Sequential, Sigmoid
+
+    acts = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+    if activation not in acts:
+        raise ValueError(f"activation must be one of {sorted(acts)}; got {activation!r}")
+    if noise is not None and not batchnorm:
+        raise ValueError("noise is added after batch norm: it needs batchnorm=True")
+    if init is None:
+        init = "he" if activation == "relu" else "xavier"
+    rng = np.random.default_rng(seed)
+    layers = []
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-2], sizes[1:-1])):
+        layers.append(Linear(fan_in, fan_out, bias=not batchnorm, init=init, gain=gain,
+                             rng=rng, dtype=dtype))
+        if batchnorm:
+            layers.append(BatchNorm1d(fan_out, dtype=dtype))
+            if noise is not None:
+                layers.append(NoisyAffine(fan_out, *noise, seed=(seed, 1, k)))
+        layers.append(acts[activation]())
+        if dropout:
+            layers.append(Dropout(dropout, seed=(seed, 2, k)))
+    layers.append(Linear(sizes[-2], sizes[-1], bias=True, init=init, gain=gain, rng=rng, dtype=dtype))
+    return Sequential(*layers)
