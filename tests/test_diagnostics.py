@@ -187,6 +187,19 @@ def test_layer_statistics_counts_saturated_tanh_units_and_gradient_norms():
                                     pytest.approx(np.linalg.norm(grads["2.W"]))]
 
 
+def test_output_recorder_records_what_the_next_layer_sees():
+    from bnbook.diagnostics import OutputRecorder
+
+    net = _net(bn=True)
+    x, _ = _data()
+    before = _state(net)
+    rec = OutputRecorder(x, upto=3)                          # Linear, BatchNorm1d, ReLU
+    rec(0, net)
+    assert _same_state(before, _state(net))
+    expected = np.maximum(net[1].forward(net[0].forward(x)), 0)
+    assert rec.steps == [0] and np.allclose(rec.snapshots[0], expected)
+
+
 def test_feature_drift_of_a_shifted_copy():
     rng = np.random.default_rng(7)
     a = rng.standard_normal((400, 5))

@@ -11,7 +11,8 @@ changes the network: parameters and running statistics are put back.
 * :func:`along_gradient` -- the loss and the gradient along the gradient
   direction ("smoothness", "gradient predictiveness", effective beta).
 * :func:`layer_statistics` -- per-layer saturation and gradient norms.
-* :func:`feature_drift` -- how far the distribution of a layer's output moves.
+* :func:`feature_drift` and :class:`OutputRecorder` -- how far the
+  distribution of a layer's output moves during training.
 * :func:`train_sgd` and :class:`NormRecorder` -- SGD with weight decay, and
   the norm and effective step of the weights that feed a batch norm.
 
@@ -29,6 +30,7 @@ from .layers import Linear, Sigmoid, running_stats_kept, softmax_cross_entropy
 __all__ = [
     "GradientShiftRecorder",
     "NormRecorder",
+    "OutputRecorder",
     "along_gradient",
     "feature_drift",
     "gradient_shift",
@@ -207,6 +209,28 @@ def feature_drift(snapshots) -> float:
     mean, std = s.mean(axis=1), s.std(axis=1)
     moves = np.abs(np.diff(mean, axis=0)).mean(axis=1) / np.maximum(std[:-1].mean(axis=1), 1e-12)
     return float(moves.mean())
+
+
+class OutputRecorder:
+    """A ``fit`` callback: the output of ``model.layers[:upto]`` for fixed
+    inputs ``x`` (m, d), computed in training mode (as the next layer sees it
+    during training; running statistics are left as they were).
+
+    ``snapshots`` is a list of (m, features) arrays, one per call: the input
+    of :func:`feature_drift`.
+    """
+
+    def __init__(self, x, upto: int):
+        self.x, self.upto = x, int(upto)
+        self.steps, self.snapshots = [], []
+
+    def __call__(self, step, model):
+        with running_stats_kept(model):
+            h = self.x
+            for layer in model.layers[:self.upto]:
+                h = layer.forward(h)
+        self.steps.append(step)
+        self.snapshots.append(np.array(h, copy=True))
 
 
 def train_sgd(model, x, y, *, steps: int, lr: float, batch_size: int = 100, seed: int = 0,
