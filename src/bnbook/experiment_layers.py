@@ -10,6 +10,8 @@ Both follow the protocol of :class:`bnbook.layers.Layer`.
 """
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from .layers import Layer
@@ -96,7 +98,7 @@ def build_net(sizes, *, batchnorm: bool = False, activation: str = "relu", dropo
         init = "he" if activation == "relu" else "xavier"
     rng = np.random.default_rng(seed)
     layers = []
-    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-2], sizes[1:-1])):
+    for k, (fan_in, fan_out) in enumerate(pairwise(sizes[:-1])):
         layers.append(Linear(fan_in, fan_out, bias=not batchnorm, init=init, gain=gain,
                              rng=rng, dtype=dtype))
         if batchnorm:
