@@ -240,21 +240,21 @@ class MaxPool2d(Layer):
 
     def forward(self, x):
         win = _pool_windows(x, "MaxPool2d")  # (C, N, Ho, 2, Wo, 2), channel-major
-        self._win = win
-        self._out = np.maximum(np.maximum(win[:, :, :, 0, :, 0], win[:, :, :, 0, :, 1]),
-                               np.maximum(win[:, :, :, 1, :, 0], win[:, :, :, 1, :, 1]))
-        return _channels_first(self._out)
+        a, b = win[:, :, :, 0, :, 0], win[:, :, :, 0, :, 1]  # the four corners,
+        c, d = win[:, :, :, 1, :, 0], win[:, :, :, 1, :, 1]  # in row-major order
+        top, bottom = np.maximum(a, b), np.maximum(c, d)
+        out = np.maximum(top, bottom)
+        # index 0..3 of the first maximum of each window: ties go to the earlier corner
+        self._first = np.where(bottom > top, 2 + (d > c), (b > a).astype(np.int8))
+        self._shape = win.shape
+        return _channels_first(out)
 
     def backward(self, dout):
-        win, out = self._win, self._out
         d = _channels_first(dout)
-        dx = np.zeros(win.shape, dtype=d.dtype)
-        taken = np.zeros(out.shape, dtype=bool)
-        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):  # the four corners, in row-major order
-            first = (win[:, :, :, i, :, j] == out) & ~taken
-            dx[:, :, :, i, :, j] = d * first
-            taken |= first
-        c, n, ho, _, wo, _ = win.shape
+        dx = np.empty(self._shape, dtype=d.dtype)
+        for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            np.multiply(d, self._first == k, out=dx[:, :, :, i, :, j])
+        c, n, ho, _, wo, _ = self._shape
         return _channels_first(dx.reshape(c, n, 2 * ho, 2 * wo))
 
 

@@ -110,7 +110,7 @@ def statistic_groups(layer, shape) -> np.ndarray:
     keep = [a for a in range(xv.ndim) if a not in axes]
     index = np.indices(xv.shape)
     ids = np.ravel_multi_index([index[a] for a in keep], [xv.shape[a] for a in keep])
-    return ids.reshape(shape)
+    return np.ascontiguousarray(layer._unview(ids.reshape(xv.shape), shape))
 
 
 def _check_images(x, channels: int, who: str) -> np.ndarray:
@@ -124,10 +124,6 @@ def _check_images(x, channels: int, who: str) -> np.ndarray:
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     return x
-
-
-def _per_channel(v):
-    return v[:, None, None]  # (C,) -> (C, 1, 1): broadcasts against (N, C, H, W)
 
 
 class ChannelNorm(Layer):
@@ -168,14 +164,41 @@ class ChannelNorm(Layer):
         return [("gamma", self.gamma, self.dgamma), ("beta", self.beta, self.dbeta)]
 
     def _view(self, x):
-        """The input as the array whose axes :func:`normalize` reduces, and those axes."""
-        if self.num_groups is None:
-            return x, (0, 2, 3)
+        """The input as the array whose axes :func:`normalize` reduces, and those axes.
+
+        Batch norm: the (C, N*H*W) matrix whose row c holds every value of
+        channel c (a free view of this package's channel-major activations),
+        normalized along its rows: :class:`~bnbook.batchnorm.BatchNorm1d` on
+        the transposed (N*H*W, C) matrix. Group norm: (N, G, C/G, H*W),
+        normalized over its last two axes.
+        """
         n, c, h, w = x.shape
-        return x.reshape(n, self.num_groups, c // self.num_groups, h, w), (2, 3, 4)
+        if self.num_groups is None:
+            return x.transpose(1, 0, 2, 3).reshape(c, n * h * w), (1,)
+        return x.reshape(n, self.num_groups, c // self.num_groups, h * w), (2, 3)
+
+    def _unview(self, v, shape):
+        """The inverse of :meth:`_view`: back to (N, C, H, W)."""
+        n, c, h, w = shape
+        if self.num_groups is None:
+            return v.reshape(c, n, h, w).transpose(1, 0, 2, 3)
+        return v.reshape(shape)
+
+    def _per_channel(self, p):
+        """A (C,) parameter shaped to broadcast against the view."""
+        if self.num_groups is None:
+            return p[:, None]
+        return p.reshape(1, self.num_groups, -1, 1)
+
+    def _channel_sum(self, v):
+        """Sum a view-shaped array over everything but the channel: (C,)."""
+        if self.num_groups is None:
+            return v.sum(axis=1)
+        return v.sum(axis=(0, 3)).reshape(-1)
 
     def _normalize_batch(self, x):
-        """Training-style normalization with statistics of ``x`` itself; keeps the cache."""
+        """Training-style normalization with statistics of ``x`` itself; keeps
+        the cache and returns xhat in the view's shape."""
         xv, axes = self._view(x)
         if math.prod(xv.shape[a] for a in axes) < 2:
             raise ValueError(
@@ -186,26 +209,29 @@ class ChannelNorm(Layer):
                    else "")
             )
         xhat, cache = normalize(xv, axes, self.eps)
-        self._cache = cache
-        return xhat.reshape(x.shape), cache
+        self._cache, self._shape = cache, x.shape
+        return xhat, cache
 
     def forward(self, x):
         """Normalize ``x`` (N, C, H, W); returns the same shape."""
         x = _check_images(x, self.num_channels, type(self).__name__)
         xhat, _ = self._normalize_batch(x)
-        return _per_channel(self.gamma) * xhat + _per_channel(self.beta)
+        out = self._per_channel(self.gamma) * xhat + self._per_channel(self.beta)
+        return self._unview(out, x.shape)
 
     def backward(self, dout):
         """Back-propagate ``dout`` (N, C, H, W); stores dgamma, dbeta (C,) and returns dx."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a training-mode "
                                "forward() first")
+        if np.shape(dout) != self._shape:
+            raise ValueError(f"dout must have the shape of x {self._shape}; got {np.shape(dout)}")
         cache = self._cache
-        xhat = cache.xhat.reshape(dout.shape)
-        self.dgamma[...] = np.sum(dout * xhat, axis=(0, 2, 3))
-        self.dbeta[...] = dout.sum(axis=(0, 2, 3))
-        dxhat = dout * _per_channel(self.gamma)
-        return normalize_backward(dxhat.reshape(cache.xhat.shape), cache).reshape(dout.shape)
+        dv, _ = self._view(np.asarray(dout))
+        self.dgamma[...] = self._channel_sum(dv * cache.xhat)
+        self.dbeta[...] = self._channel_sum(dv)
+        dxhat = dv * self._per_channel(self.gamma)
+        return self._unview(normalize_backward(dxhat, cache), self._shape)
 
     def __repr__(self) -> str:
         groups = "" if self.num_groups is None else f", num_groups={self.num_groups}"
@@ -240,7 +266,8 @@ class BatchNorm2d(ChannelNorm):
         if not self.training:
             self._cache = None
             scale = self.gamma / np.sqrt(self.running_var + self.eps)
-            out = x * _per_channel(scale) + _per_channel(self.beta - self.running_mean * scale)
+            shift = self.beta - self.running_mean * scale
+            out = x * scale[:, None, None] + shift[:, None, None]
             if not np.isfinite(out).all():
                 raise ValueError("input contains non-finite values (NaN or inf)")
             return out
@@ -250,7 +277,8 @@ class BatchNorm2d(ChannelNorm):
         self.running_mean += mom * cache.mu.reshape(-1)
         self.running_var *= 1.0 - mom
         self.running_var += (mom * n / (n - 1)) * cache.var.reshape(-1)
-        return _per_channel(self.gamma) * xhat + _per_channel(self.beta)
+        out = self._per_channel(self.gamma) * xhat + self._per_channel(self.beta)
+        return self._unview(out, x.shape)
 
     def __repr__(self) -> str:
         return f"BatchNorm2d({self.num_channels}, eps={self.eps:g}, momentum={self.momentum:g})"
