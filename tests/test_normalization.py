@@ -15,7 +15,7 @@ from bnbook import BatchNorm1d, numerical_gradient, relative_error
 from bnbook.conv import conv2d_forward
 from bnbook.normalization import (BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d,
                                   fold_batchnorm2d, normalize, normalize_backward,
-                                  statistic_groups)
+                                  recompute_bn2d_statistics, statistic_groups)
 
 # Relative error of a correct float64 gradient with h = 1e-5. Each numerical
 # derivative sums 360 outputs, which leaves about 1e-9 of rounding noise, and
@@ -236,3 +236,18 @@ def test_per_sample_norms_equal_torch_float64(kind):
     np.testing.assert_allclose(ours.backward(dout), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.dgamma, gt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ours.dbeta, bt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_recompute_bn2d_statistics_gives_population_statistics():
+    from bnbook import Sequential
+    from bnbook.conv import Conv2d
+
+    rng = np.random.default_rng(10)
+    conv = Conv2d(2, 3, 3, pad=1, rng=0, dtype=np.float64)
+    model = Sequential(conv, BatchNorm2d(3, dtype=np.float64))
+    x = rng.normal(1.0, 2.0, (7, 2, 5, 5))
+    recompute_bn2d_statistics(model, x, batch_size=3)
+    h = conv.forward(x)
+    np.testing.assert_allclose(model[1].running_mean, h.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(model[1].running_var, h.var(axis=(0, 2, 3), ddof=1), rtol=1e-12)
+    assert model.training

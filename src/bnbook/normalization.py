@@ -46,6 +46,7 @@ __all__ = [
     "InstanceNorm2d",
     "fold_batchnorm2d",
     "statistic_groups",
+    "recompute_bn2d_statistics",
 ]
 
 
@@ -345,3 +346,35 @@ def fold_batchnorm2d(weight, bias, bn: BatchNorm2d):
     w_folded = weight * scale[:, None, None, None]
     b_folded = (b - bn.running_mean) * scale + bn.beta
     return w_folded.astype(weight.dtype, copy=False), b_folded.astype(weight.dtype, copy=False)
+
+
+def recompute_bn2d_statistics(model, x, batch_size: int = 1000):
+    """Set the running statistics of every :class:`BatchNorm2d` of ``model`` (a
+    Sequential) to the population statistics of its input over images ``x``
+    (n, C, H, W): per channel, the mean and the unbiased variance of all
+    n * H * W values, accumulated in float64. The network runs in eval mode,
+    front to back, so each layer's input is computed with the earlier layers'
+    new statistics (the 2-D counterpart of
+    :func:`bnbook.statistics.recompute_bn_statistics`). The model's mode is
+    restored. Returns the BatchNorm2d layers, in order.
+    """
+    from .layers import in_mode
+
+    x = np.asarray(x)
+    layers = list(getattr(model, "layers", [model]))
+    found = []
+    with in_mode(model, training=False):
+        chunks = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+        for layer in layers:
+            if isinstance(layer, BatchNorm2d):
+                count = sum(c.size // c.shape[1] for c in chunks)
+                if count < 2:
+                    raise ValueError(f"need at least 2 values per channel; got {count}")
+                mean = sum(c.sum(axis=(0, 2, 3), dtype=np.float64) for c in chunks) / count
+                ss = sum(np.square(c.astype(np.float64) - mean[:, None, None]).sum(axis=(0, 2, 3))
+                         for c in chunks)
+                layer.running_mean[...] = mean
+                layer.running_var[...] = ss / (count - 1)
+                found.append(layer)
+            chunks = [layer.forward(c) for c in chunks]
+    return found
