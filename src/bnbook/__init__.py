@@ -8,6 +8,8 @@ Modules:
 * :mod:`bnbook.mnist` -- the MNIST loader (download, checksum, cache)
 * :mod:`bnbook.train` -- the training loop and its History
 * :mod:`bnbook.plots` -- figures shared by the chapters
+* :mod:`bnbook.conv` -- convolution, pooling, Flatten, the CNN of chapter 9
+* :mod:`bnbook.normalization` -- BatchNorm2d, GroupNorm, LayerNorm2d, InstanceNorm2d, folding
 """
 from .batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_backward_staged,
                         batchnorm_eval, batchnorm_forward, fold_batchnorm)
@@ -15,5 +17,7 @@ from .gradcheck import numerical_gradient, relative_error
 from .layers import (SGD, Linear, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy,
                      build_mlp, softmax_cross_entropy)
 from .train import History, evaluate, fit, predict
+from .conv import Conv2d, Flatten, MaxPool2d, build_cnn  # chapter 9
+from .normalization import BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d
 
 __version__ = "0.1.0"
