@@ -13,6 +13,8 @@ Modules:
 * :mod:`bnbook.input_normalization` -- chapter 1's models, preprocessing and drift recorder
 * :mod:`bnbook.inference_stats` -- running averages and population statistics (chapters 5, 7)
 * :mod:`bnbook.timing` -- median timings with timeit (chapter 3)
+* :mod:`bnbook.conv` -- convolution, pooling, Flatten, the CNN of chapter 9
+* :mod:`bnbook.normalization` -- BatchNorm2d, GroupNorm, LayerNorm2d, InstanceNorm2d, folding
 """
 from .batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_backward_staged,
                         batchnorm_eval, batchnorm_forward, fold_batchnorm)
@@ -21,5 +23,7 @@ from .layers import (SGD, Linear, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy
                      build_mlp, softmax_cross_entropy)
 from .train import History, evaluate, fit, predict
 from .protocol import Layer, NonFiniteError
+from .conv import Conv2d, Flatten, MaxPool2d, build_cnn  # chapter 9
+from .normalization import BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d
 
 __version__ = "0.1.0"
