@@ -6,7 +6,7 @@ import pytest
 
 from bnbook import build_mlp, numerical_gradient, relative_error
 from bnbook.finetune import FrozenBatchNorm1d, freeze_batchnorm
-from bnbook.statistics import train_on_batches
+from bnbook.inference_stats import train_on_batches
 
 
 def _trained_net(seed=0):

@@ -56,7 +56,7 @@ def freeze_batchnorm(model: Sequential) -> Sequential:
     """A Sequential that shares ``model``'s layers, each BatchNorm1d frozen.
 
     Training the returned model (e.g. with
-    :func:`bnbook.statistics.train_on_batches`) updates the weights of
+    :func:`bnbook.inference_stats.train_on_batches`) updates the weights of
     ``model``'s other layers in place and leaves its batch-norm layers
     (statistics, gamma, beta) exactly as they were.
     """

@@ -355,7 +355,7 @@ def recompute_bn2d_statistics(model, x, batch_size: int = 1000):
     n * H * W values, accumulated in float64. The network runs in eval mode,
     front to back, so each layer's input is computed with the earlier layers'
     new statistics (the 2-D counterpart of
-    :func:`bnbook.statistics.recompute_bn_statistics`). The model's mode is
+    :func:`bnbook.inference_stats.recompute_bn_statistics`). The model's mode is
     restored. Returns the BatchNorm2d layers, in order.
     """
     from .layers import in_mode
