@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .layers import Layer, init_weights
+from .protocol import WeightBiasLayer
 
 __all__ = [
     "conv2d_forward",
@@ -172,7 +173,7 @@ def conv2d_backward(dout, cache: ConvCache, need_input_grad: bool = True):
     return dx, dw, db
 
 
-class Conv2d(Layer):
+class Conv2d(WeightBiasLayer):
     """Convolution layer: ``x`` (N, C, H, W) -> (N, F, Ho, Wo).
 
     ``W`` has shape (F, C, kh, kw) (PyTorch's layout), He-initialized with
@@ -196,12 +197,6 @@ class Conv2d(Layer):
         self.db = np.zeros_like(self.b) if bias else None
         self.input_grad = bool(input_grad)
         self._cache = None
-
-    def params(self):
-        p = [("W", self.W, self.dW)]
-        if self.b is not None:
-            p.append(("b", self.b, self.db))
-        return p
 
     def forward(self, x):
         x = _check_images(x, "Conv2d", self.in_channels)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .batchnorm import BatchNorm1d
-from .protocol import Layer, accepts_need_input_grad, check_momentum, iter_layers
+from .protocol import Layer, WeightBiasLayer, accepts_need_input_grad, check_momentum, iter_layers
 
 __all__ = [
     "Layer",
@@ -60,7 +60,7 @@ def init_weights(fan_in: int, fan_out: int, method: str = "he", gain: float = 1.
     return w.astype(dtype)
 
 
-class Linear(Layer):
+class Linear(WeightBiasLayer):
     """Affine layer ``y = x @ W + b``.
 
     ``W`` has shape (in_features, out_features), ``b`` shape (out_features,)
@@ -88,12 +88,6 @@ class Linear(Layer):
         self.b = b if bias else None
         self.db = np.zeros_like(self.b) if bias else None
         self._x = None
-
-    def params(self):
-        p = [("W", self.W, self.dW)]
-        if self.b is not None:
-            p.append(("b", self.b, self.db))
-        return p
 
     def forward(self, x):
         x = self._check_input(x)

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = [
+    "WeightBiasLayer",
     "Layer",
     "NormLayer",
     "NonFiniteError",
@@ -151,6 +152,18 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class WeightBiasLayer(Layer):
+    """A layer whose parameters are a weight ``W`` and an optional bias ``b``
+    (``None`` when absent), with gradients ``dW`` and ``db``: Linear
+    (chapters 1-9) and Conv2d (chapter 9)."""
+
+    def params(self):
+        p = [("W", self.W, self.dW)]
+        if self.b is not None:
+            p.append(("b", self.b, self.db))
+        return p
 
 
 class NormLayer(Layer):
