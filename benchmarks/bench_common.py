@@ -37,3 +37,40 @@ def import_torch():
         sys.exit("This benchmark compares bnbook with PyTorch, which is not installed "
                  "(it is not a requirement of the book): pip install torch==2.13.0")
     return torch
+
+
+def bnbook_epoch(model, data, *, lr: float, batch: int, seed: int, max_steps=None):
+    """Seconds of one training epoch of a bnbook ``model`` as ``fit`` records
+    it, and its mean loss. ``data`` is ``(x_train, y_train, x_test, y_test)``."""
+    from bnbook.train import fit
+
+    hist = fit(model, data, epochs=1, lr=lr, batch_size=batch, seed=seed,
+               progress=False, max_steps=max_steps)
+    return hist.seconds[0], hist.train_loss[0]
+
+
+def torch_epoch(model, x, y, *, lr: float, batch: int, seed: int, max_steps=None):
+    """Seconds of one training epoch of a torch ``model`` on tensors ``x``
+    (n, ...) and ``y`` (n,), with the batch order ``fit`` draws from ``seed``,
+    and its mean loss."""
+    import time
+
+    import numpy as np
+
+    torch = import_torch()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)  # the shuffle fit uses
+    n = len(x)
+    steps = n // batch if max_steps is None else max_steps
+    t0 = time.perf_counter()
+    perm = torch.from_numpy(rng.permutation(n))
+    losses = []
+    for start in range(0, steps * batch, batch):
+        idx = perm[start:start + batch]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return time.perf_counter() - t0, float(np.mean(losses))

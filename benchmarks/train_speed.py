@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import sys
 
+import bench_common
 from bench_common import import_torch, parse_args
 
 
@@ -58,7 +59,6 @@ torch = import_torch()
 
 from bnbook.layers import build_mlp  # noqa: E402
 from bnbook.mnist import load_mnist  # noqa: E402
-from bnbook.train import fit  # noqa: E402
 
 SIZES = [784, 300, 50, 10]
 BATCH = 100
@@ -120,31 +120,15 @@ def torch_model_like(model):
 
 
 def bnbook_epoch(data, max_steps=None):
-    """Seconds of one training epoch as fit records it, and its mean loss."""
-    hist = fit(bnbook_model(), data, epochs=1, lr=LR, batch_size=BATCH, seed=args.seed,
-               progress=False, max_steps=max_steps)
-    return hist.seconds[0], hist.train_loss[0]
+    """Seconds and mean loss of one bnbook training epoch (``bench_common``)."""
+    return bench_common.bnbook_epoch(bnbook_model(), data, lr=LR, batch=BATCH, seed=args.seed,
+                                     max_steps=max_steps)
 
 
 def torch_epoch(x, y, max_steps=None):
-    """Seconds of one training epoch of the same network in PyTorch, and its mean loss."""
-    model = torch_model_like(bnbook_model()).train()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    rng = np.random.default_rng(args.seed)  # the shuffle fit uses
-    n = len(x)
-    steps = n // BATCH if max_steps is None else max_steps
-    t0 = time.perf_counter()
-    perm = torch.from_numpy(rng.permutation(n))
-    losses = []
-    for start in range(0, steps * BATCH, BATCH):
-        idx = perm[start:start + BATCH]
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return time.perf_counter() - t0, float(np.mean(losses))
+    """Seconds and mean loss of one epoch of the same network in PyTorch."""
+    return bench_common.torch_epoch(torch_model_like(bnbook_model()), x, y, lr=LR, batch=BATCH,
+                                    seed=args.seed, max_steps=max_steps)
 
 
 # --------------------------------------------------------------------------
