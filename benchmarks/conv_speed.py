@@ -57,6 +57,7 @@ from bnbook.mnist import load_mnist  # noqa: E402
 
 BATCH = 100
 LR = 0.1
+EPOCH = dict(lr=LR, batch=BATCH, seed=args.seed)  # what both timed epochs share
 
 
 def bnbook_model():
@@ -95,15 +96,12 @@ def torch_model_like(model):
 
 
 def bnbook_epoch(data, max_steps=None):
-    """Seconds and mean loss of one bnbook training epoch (``bench_common``)."""
-    return bench_common.bnbook_epoch(bnbook_model(), data, lr=LR, batch=BATCH, seed=args.seed,
-                                     max_steps=max_steps)
+    return bench_common.bnbook_epoch(bnbook_model(), data, max_steps=max_steps, **EPOCH)
 
 
 def torch_epoch(x, y, max_steps=None):
-    """Seconds and mean loss of one epoch of the same network in PyTorch."""
-    return bench_common.torch_epoch(torch_model_like(bnbook_model()), x, y, lr=LR, batch=BATCH,
-                                    seed=args.seed, max_steps=max_steps)
+    return bench_common.torch_epoch(torch_model_like(bnbook_model()), x, y,
+                                    max_steps=max_steps, **EPOCH)
 
 
 def layer_profile(x, repeats=15):
