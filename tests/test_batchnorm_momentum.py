@@ -128,3 +128,15 @@ def test_check_momentum_refuses_none_unless_allowed():
         SGD(None, lr=0.1, momentum=None)   # the optimizer's momentum has no "None"
     assert check_momentum(None, allow_none=True) is None
     assert check_momentum(0.25, allow_none=True) == 0.25
+
+
+def test_running_stats_kept_also_restores_the_batch_count():
+    from bnbook.layers import running_stats_kept
+    bn = BatchNorm1d(6, momentum=None, dtype=np.float64)
+    bn.forward(batches(seed=7)[1])
+    mean, count = bn.running_mean.copy(), bn.num_batches_tracked
+    with running_stats_kept(bn):
+        for x in batches(seed=8):
+            bn.forward(x)
+    assert bn.num_batches_tracked == count == 1
+    np.testing.assert_array_equal(bn.running_mean, mean)
