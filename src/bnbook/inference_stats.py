@@ -7,6 +7,11 @@
 * population statistics: :func:`recompute_bn_statistics` replaces the running
   averages of every :class:`~bnbook.batchnorm.BatchNorm1d` in a network by
   the exact mean and unbiased variance of its input over a data set;
+* precise batch norm against the running averages (chapter 5):
+  :func:`running_vs_precise` trains chapter 6's network in several settings
+  and evaluates the same weights both ways; :class:`BatchStatsRecorder` and
+  :func:`replay_running_stats` give the running averages of any momentum
+  (or the cumulative average, ``momentum=None``) from one run;
 * diagnostics for the pitfalls: :func:`bn_inputs` (what a BN layer sees),
   :func:`accuracy_with_batch_statistics` (evaluating in training mode, the
   mistake, without touching the running statistics) and
