@@ -74,6 +74,6 @@ def test_running_vs_precise_returns_every_case_seed_and_momentum():
     assert set(out) == {"short"} and set(out["short"]) == {0, 1}
     r = out["short"][0]
     assert r["steps"] == 3 and set(r["running"]) == {0.1, None}
-    assert all(0.0 <= a <= 1.0 for a in (r["own"], r["precise"], *r["running"].values()))
+    assert all(0.0 <= a <= 1.0 for a in (r["precise"], *r["running"].values()))
     table = format_precise_table(out, [("short", 0.1), ("short", None)])
     assert "cumulative" in table and len(table.splitlines()) == 2 + 4

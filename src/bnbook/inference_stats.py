@@ -345,9 +345,9 @@ def running_vs_precise(data, cases: dict, *, seeds=(0, 1, 2), n_precise: int = 1
     Returns ``{case: {seed: result}}``, each result a dict with
     ``history`` (History), ``steps`` (int), ``recorder``
     (:class:`BatchStatsRecorder`), ``precise`` (test accuracy with precise
-    BN), ``running`` (``{momentum: test accuracy}``) and ``own``: the test
-    accuracy with the layers' own momentum-0.1 running averages, as
-    training left them.
+    BN) and ``running`` (``{momentum: test accuracy}``). The trained network
+    is ``recorder.model``; its layers keep their own momentum-0.1 running
+    averages.
     """
     from .experiments import BOOK, train_net
     from .train import evaluate
@@ -368,7 +368,6 @@ def running_vs_precise(data, cases: dict, *, seeds=(0, 1, 2), n_precise: int = 1
                              progress=progress, label=f"{name}, seed {seed}", **(BOOK | spec))
             model = rec.model
             res = dict(history=hist, steps=hist.steps, recorder=rec,
-                       own=evaluate(model, x_test, y_test),
                        precise=evaluate(precise_bn(model, x_train[:n_precise]), x_test, y_test),
                        running={})
             for mom in momenta:
