@@ -207,12 +207,20 @@ class BatchNorm1d(NormLayer):
     """Batch norm layer for (m, d) inputs, with the semantics of torch.nn.BatchNorm1d.
 
     * training mode (default): normalize with the batch mean and *biased*
-      batch variance; update ``running = (1 - momentum) * running +
-      momentum * batch`` with the *unbiased* batch variance ``m / (m - 1) * var``.
+      batch variance; count the batch in ``num_batches_tracked`` and update
+      ``running = (1 - momentum) * running + momentum * batch`` with the
+      *unbiased* batch variance ``m / (m - 1) * var``.
+    * ``momentum=None``: a cumulative average instead of an exponential one,
+      as torch's ``momentum=None``: the factor is ``1 / num_batches_tracked``
+      in place of ``momentum``, so after k batches the running statistics are
+      the plain mean of the k batch statistics (the first batch replaces the
+      initial zeros and ones entirely; chapter 5 compares the two averages).
     * eval mode: normalize with ``running_mean`` and ``running_var``.
 
     Attributes: ``gamma`` (ones), ``beta`` (zeros), ``running_mean`` (zeros),
     ``running_var`` (ones), all of shape (d,) and of the layer's ``dtype``;
+    ``num_batches_tracked`` (int, 0), the number of training-mode forward
+    passes (counted whatever the momentum, as torch does);
     after :meth:`backward`, ``dgamma`` and ``dbeta`` of shape (d,). Input of
     another dtype is refused (as torch does): a float64 batch would otherwise
     be normalized in float64 but leave float32 running statistics.
@@ -235,17 +243,18 @@ class BatchNorm1d(NormLayer):
       used to normalize) into ``running_var`` instead of ``m / (m - 1)`` times it.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  dtype=np.float32, param_grads: str = "mean",
                  unbiased_running_var: bool = True):
         super().__init__(num_features, eps, dtype)
-        self.momentum = check_momentum(momentum)
+        self.momentum = check_momentum(momentum, allow_none=True)
         if param_grads not in ("mean", "sum"):
             raise ValueError(f"param_grads must be 'mean' or 'sum'; got {param_grads!r}")
         self.param_grads = param_grads
         self.unbiased_running_var = bool(unbiased_running_var)
         self.running_mean = np.zeros(self.num_features, dtype=self.dtype)
         self.running_var = np.ones(self.num_features, dtype=self.dtype)
+        self.num_batches_tracked = 0
         self._buffers = _batchnorm_step.StepBuffers()
 
     def forward(self, x):
@@ -271,8 +280,11 @@ class BatchNorm1d(NormLayer):
         return out
 
     def _update_running_stats(self, mu, var, m: int) -> None:
-        """``running = (1 - momentum) * running + momentum * batch``, in place."""
-        mom = self.momentum
+        """Count the batch; then ``running = (1 - f) * running + f * batch``, in
+        place, with ``f = momentum``, or ``1 / num_batches_tracked`` (the
+        cumulative average) when momentum is None."""
+        self.num_batches_tracked += 1
+        mom = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
         correction = m / (m - 1) if self.unbiased_running_var else 1.0
         self.running_mean *= 1.0 - mom
         self.running_mean += mom * mu
@@ -303,8 +315,9 @@ class BatchNorm1d(NormLayer):
         extra = "" if self.param_grads == "mean" else f", param_grads={self.param_grads!r}"
         if not self.unbiased_running_var:
             extra += ", unbiased_running_var=False"
+        momentum = "None" if self.momentum is None else f"{self.momentum:g}"
         return (f"BatchNorm1d({self.num_features}, eps={self.eps:g}, "
-                f"momentum={self.momentum:g}{extra})")
+                f"momentum={momentum}{extra})")
 
 
 def fold_batchnorm(weight, bias, bn: BatchNorm1d):

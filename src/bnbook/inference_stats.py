@@ -7,6 +7,11 @@
 * population statistics: :func:`recompute_bn_statistics` replaces the running
   averages of every :class:`~bnbook.batchnorm.BatchNorm1d` in a network by
   the exact mean and unbiased variance of its input over a data set;
+* precise batch norm against the running averages (chapter 5):
+  :func:`running_vs_precise` trains chapter 6's network in several settings
+  and evaluates the same weights both ways; :class:`BatchStatsRecorder` and
+  :func:`replay_running_stats` give the running averages of any momentum
+  (or the cumulative average, ``momentum=None``) from one run;
 * diagnostics for the pitfalls: :func:`bn_inputs` (what a BN layer sees),
   :func:`accuracy_with_batch_statistics` (evaluating in training mode, the
   mistake, without touching the running statistics) and
@@ -34,6 +39,13 @@ __all__ = [
     "recompute_bn_statistics",
     "accuracy_with_batch_statistics",
     "train_on_batches",
+    "BatchStatsRecorder",
+    "replay_running_stats",
+    "input_mean_and_cov",
+    "with_statistics",
+    "precise_bn",
+    "running_vs_precise",
+    "format_precise_table",
 ]
 
 
@@ -195,3 +207,188 @@ def train_on_batches(model, x, y, batches, lr: float) -> np.ndarray:
         model.backward(dlogits, need_input_grad=False)
         opt.step()
     return losses
+
+
+# --------------------------------------------------------------------------
+# precise batch norm against the running averages (chapter 5)
+# --------------------------------------------------------------------------
+class BatchStatsRecorder:
+    """A :func:`bnbook.train.fit` callback (``callback_every=1``) that records
+    what every BatchNorm1d layer fed into its running averages.
+
+    After each SGD step it keeps, per BN layer, the batch mean ``mu`` (d,)
+    and the biased batch variance ``var`` (d,) of that step, and the batch
+    size ``m``; :func:`replay_running_stats` turns them into the running
+    averages of any momentum. The running averages never influence training
+    (a training-mode forward pass normalizes with batch statistics), so one
+    run yields the averages that every momentum would have kept.
+
+    ``first_layer_population=(mean, cov)`` -- the mean (d_in,) and unbiased
+    covariance (d_in, d_in) of the training inputs -- also records, every
+    ``probe_every`` steps (and at step 0), the exact population mean and
+    unbiased variance of the *first* BN layer's input ``x @ W`` (no bias),
+    ``mean @ W`` and ``diag(W.T cov W)``: the statistics the current weights
+    would give over the whole training set, at the cost of one matrix product.
+
+    Attributes: ``model`` (the network being trained), ``mu``/``var``
+    (lists over steps of lists over layers), ``m`` (list over steps),
+    ``probe_steps`` (list), ``population`` (list of (mean, var) pairs).
+    """
+
+    def __init__(self, first_layer_population=None, probe_every: int = 0):
+        self.model = None
+        self.mu, self.var, self.m = [], [], []
+        self.pop_x = first_layer_population
+        self.probe_every = int(probe_every)
+        self.probe_steps, self.population = [], []
+
+    def __call__(self, step, model):
+        self.model = model
+        layers = bn_layers(model)
+        if step > 0:
+            caches = [layer._cache for layer in layers]
+            self.mu.append([c.mu.copy() for c in caches])
+            self.var.append([c.var.copy() for c in caches])
+            self.m.append(len(caches[0].x))
+        if self.pop_x is not None and self.probe_every and step % self.probe_every == 0:
+            layer_list = iter_layers(model)
+            W = layer_list[layer_list.index(layers[0]) - 1].W.astype(np.float64)
+            mean, cov = self.pop_x
+            self.probe_steps.append(int(step))
+            self.population.append((mean @ W, ((cov @ W) * W).sum(axis=0)))
+
+    @property
+    def steps(self) -> int:
+        return len(self.m)
+
+
+def replay_running_stats(recorder: BatchStatsRecorder, momentum, layer: int | None = None,
+                         unbiased_running_var: bool = True):
+    """The running averages a BatchNorm1d with ``momentum`` (a float, or None
+    for the cumulative average) would hold after the recorded steps.
+
+    The batch statistics recorded by ``recorder`` are fed, in order, through
+    a float64 :class:`BatchNorm1d`'s own update rule. Returns a list of
+    ``(running_mean, running_var)`` pairs, one per BN layer, each (d,); with
+    ``layer=k``, instead the trajectory of BN layer k: ``(means, vars)`` of
+    shape (steps + 1, d), row t holding the averages after t steps.
+    """
+    n_layers = len(recorder.mu[0]) if recorder.mu else 0
+    which = range(n_layers) if layer is None else [layer]
+    out = []
+    for k in which:
+        d = len(recorder.mu[0][k])
+        bn = BatchNorm1d(d, momentum=momentum, dtype=np.float64,
+                         unbiased_running_var=unbiased_running_var)
+        if layer is not None:
+            means, variances = [bn.running_mean.copy()], [bn.running_var.copy()]
+        for mu, var, m in zip(recorder.mu, recorder.var, recorder.m):
+            bn._update_running_stats(mu[k].astype(np.float64), var[k].astype(np.float64), m)
+            if layer is not None:
+                means.append(bn.running_mean.copy())
+                variances.append(bn.running_var.copy())
+        if layer is not None:
+            return np.array(means), np.array(variances)
+        out.append((bn.running_mean, bn.running_var))
+    return out
+
+
+def input_mean_and_cov(x):
+    """Mean (d,) and unbiased covariance (d, d) of the rows of ``x`` (n, d),
+    in float64 (the Gram matrix is formed in x's dtype: one BLAS product)."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    xc = x - mean.astype(x.dtype)
+    return mean, (xc.T @ xc).astype(np.float64) / (len(x) - 1)
+
+
+def with_statistics(model, stats):
+    """A deep copy of ``model`` whose BN layers hold the given statistics
+    (a list of ``(mean, var)`` pairs, one per BN layer, as
+    :func:`replay_running_stats` returns), cast to each layer's dtype."""
+    import copy
+
+    net = copy.deepcopy(model)
+    for bn, (mean, var) in zip(bn_layers(net), stats, strict=True):
+        bn.running_mean[...] = mean
+        bn.running_var[...] = var
+    return net
+
+
+def precise_bn(model, x):
+    """Precise batch norm (Wu & Johnson's name): a deep copy of ``model``
+    whose BN statistics are those of the final weights over the samples
+    ``x`` (n, d_in), by :func:`recompute_bn_statistics`."""
+    import copy
+
+    net = copy.deepcopy(model)
+    recompute_bn_statistics(net, x)
+    return net
+
+
+def running_vs_precise(data, cases: dict, *, seeds=(0, 1, 2), n_precise: int = 10_000,
+                       progress: bool = True) -> dict:
+    """Train chapter 6's batch-norm network once per case and seed, and
+    evaluate the SAME trained weights with running averages and with
+    precise batch norm.
+
+    ``data`` is ``(x_train, y_train, x_test, y_test)``. ``cases`` maps a
+    case name to a dict with the keywords of
+    :func:`bnbook.experiments.train_net` that differ from
+    :data:`bnbook.experiments.BOOK` (``lr`` is required; ``epochs``,
+    ``batch_size``, ``max_steps`` ...) and optionally ``"momenta"``: the
+    momenta of the running averages to evaluate (default ``(0.1,)``; None is
+    the cumulative average), and ``"probe_every"``: record the first BN
+    layer's population statistics every so many steps (default 0: never;
+    see :class:`BatchStatsRecorder`). One training run serves every
+    momentum. Precise BN uses the first ``n_precise`` training images.
+
+    Returns ``{case: {seed: result}}``, each result a dict with
+    ``history`` (History), ``steps`` (int), ``recorder``
+    (:class:`BatchStatsRecorder`), ``precise`` (test accuracy with precise
+    BN) and ``running`` (``{momentum: test accuracy}``). The trained network
+    is ``recorder.model``; its layers keep their own momentum-0.1 running
+    averages.
+    """
+    from .experiments import BOOK, train_net
+    from .train import evaluate
+
+    x_train, _, x_test, y_test = data
+    pop = None
+    out = {}
+    for name, spec in cases.items():
+        spec = dict(spec)
+        momenta = tuple(spec.pop("momenta", (0.1,)))
+        probe_every = int(spec.pop("probe_every", 0))
+        if probe_every and pop is None:
+            pop = input_mean_and_cov(x_train)
+        out[name] = {}
+        for seed in seeds:
+            rec = BatchStatsRecorder(pop if probe_every else None, probe_every)
+            hist = train_net(data, "BN", seed=seed, callback=rec, callback_every=1,
+                             progress=progress, label=f"{name}, seed {seed}", **(BOOK | spec))
+            model = rec.model
+            res = dict(history=hist, steps=hist.steps, recorder=rec,
+                       precise=evaluate(precise_bn(model, x_train[:n_precise]), x_test, y_test),
+                       running={})
+            for mom in momenta:
+                net = with_statistics(model, replay_running_stats(rec, mom))
+                res["running"][mom] = evaluate(net, x_test, y_test)
+            out[name][seed] = res
+    return out
+
+
+def format_precise_table(results: dict, rows) -> str:
+    """A text table of :func:`running_vs_precise`'s results: one line per
+    (case, momentum) in ``rows`` and seed, with the test accuracy (%) with
+    the running averages of that momentum, with precise BN, and the
+    difference precise - running (percentage points)."""
+    def mom(m):
+        return "cumulative" if m is None else f"{m:g}"
+
+    head = f"{'case':<26}{'momentum':>11}{'seed':>6}{'running':>10}{'precise':>10}{'precise - running':>19}"
+    lines = [head, "-" * len(head)]
+    for case, m in rows:
+        for seed, r in results[case].items():
+            run, pre = 100 * r["running"][m], 100 * r["precise"]
+            lines.append(f"{case:<26}{mom(m):>11}{seed:>6}{run:>9.2f}%{pre:>9.2f}%{pre - run:>+17.2f}")
+    return "\n".join(lines)

@@ -327,15 +327,20 @@ def in_mode(model, training: bool):
 def running_stats_kept(model):
     """Run a ``with`` block, then put back every ``running_mean`` and
     ``running_var`` of ``model``'s layers (a Sequential or a single layer):
-    training-mode forward passes made inside leave no trace in them."""
+    training-mode forward passes made inside leave no trace in them (nor in
+    a batch-norm layer's ``num_batches_tracked``)."""
     saved = [(arr, arr.copy()) for layer in iter_layers(model)
              for arr in (getattr(layer, "running_mean", None), getattr(layer, "running_var", None))
              if arr is not None]
+    counts = [(layer, layer.num_batches_tracked) for layer in iter_layers(model)
+              if hasattr(layer, "num_batches_tracked")]
     try:
         yield model
     finally:
         for arr, old in saved:
             arr[...] = old
+        for layer, n in counts:
+            layer.num_batches_tracked = n
 
 
 def layer_inputs(model, x, select, batch_size: int | None = None) -> list:

@@ -11,6 +11,7 @@ per-feature parameter such as ``gamma`` is ``(d,)``.
 from __future__ import annotations
 
 import inspect
+import numbers
 from functools import lru_cache
 
 import numpy as np
@@ -79,10 +80,23 @@ def check_eps(eps: float) -> float:
     return float(eps)
 
 
-def check_momentum(momentum: float, upper_open: bool = False) -> float:
-    """A momentum in [0, 1] (in [0, 1) with ``upper_open``), as a float."""
+def check_momentum(momentum: float | None, upper_open: bool = False,
+                   allow_none: bool = False) -> float | None:
+    """A momentum in [0, 1] (in [0, 1) with ``upper_open``), as a float.
+
+    With ``allow_none`` (batch norm's running averages), ``None`` passes
+    through unchanged: it asks for a cumulative average instead of an
+    exponential one. Every other caller refuses it."""
+    if momentum is None:
+        if allow_none:
+            return None
+        raise ValueError("momentum must be a number here; got None")
+    if not isinstance(momentum, numbers.Real):
+        raise ValueError(f"momentum must be a number{' or None' if allow_none else ''}; "
+                         f"got {momentum!r}")
     if not (0.0 <= momentum < 1.0 if upper_open else 0.0 <= momentum <= 1.0):
-        raise ValueError(f"momentum must lie in [0, {'1)' if upper_open else '1]'}; got {momentum!r}")
+        raise ValueError(f"momentum must lie in [0, {'1)' if upper_open else '1]'}"
+                         f"{' or be None' if allow_none else ''}; got {momentum!r}")
     return float(momentum)
 
 
