@@ -19,6 +19,10 @@ Three levels of the same mathematics live here:
   through the computational graph, kept deliberately long for the book;
 * :class:`BatchNorm1d` -- the layer, with running statistics and train/eval
   modes that follow ``torch.nn.BatchNorm1d``.
+
+Chapter 7 adds ghost batch norm (:func:`ghost_batchnorm_forward` /
+:func:`ghost_batchnorm_backward`, the layer's ``ghost_batch_size`` option):
+the batch is cut into groups and each group normalized with its own statistics.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ __all__ = [
     "batchnorm_eval",
     "BatchNorm1d",
     "fold_batchnorm",
+    "ghost_batchnorm_forward",
+    "ghost_batchnorm_backward",
 ]
 
 
@@ -203,6 +209,92 @@ def batchnorm_eval(x, gamma, beta, mean, var, eps: float = 1e-5):
     return out
 
 
+def _check_group_size(group_size) -> int:
+    """A ghost-batch (group) size: an int >= 2."""
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise ValueError(f"ghost_batch_size must be an int >= 2 or None; got {group_size!r}")
+    if group_size < 2:
+        raise ValueError(
+            f"ghost_batch_size must be at least 2 (a group of one sample has variance 0 and "
+            f"every output equals beta); got {group_size}"
+        )
+    return int(group_size)
+
+
+def ghost_batchnorm_forward(x, gamma, beta, group_size: int, eps: float = 1e-5):
+    """Ghost batch norm (Hoffer et al., 2017): each group of ``group_size``
+    consecutive rows is normalized with its own statistics.
+
+    Group ``k`` holds rows ``k * g, ..., (k + 1) * g - 1`` (``g = group_size``);
+    its output is ``batchnorm_forward(x[k * g:(k + 1) * g], gamma, beta, eps)``.
+    The arithmetic is that of :func:`batchnorm_forward` along a group axis.
+
+    Parameters
+    ----------
+    x : array of shape (m, d), with m a multiple of ``group_size``.
+    gamma, beta : arrays of shape (d,).
+    group_size : int >= 2.
+    eps : positive float.
+
+    Returns
+    -------
+    out : array of shape (m, d).
+    cache : a :class:`BNCache` whose nodes carry a leading group axis:
+        ``x``, ``xc``, ``xhat`` of shape (m // g, g, d); ``mu``, ``var``,
+        ``std``, ``inv_std`` of shape (m // g, 1, d) (one row per group).
+    """
+    x, gamma, beta, eps = _check_forward_args(x, gamma, beta, eps)
+    g = _check_group_size(group_size)
+    m, d = x.shape
+    if m % g:
+        raise ValueError(
+            f"ghost batch norm needs a batch whose size is a multiple of ghost_batch_size={g}; "
+            f"got a batch of {m} rows ({m} = {m // g} * {g} + {m % g})"
+        )
+    xg = x.reshape(m // g, g, d)                # group k: rows k*g ... (k+1)*g - 1
+    mu = xg.sum(axis=1, keepdims=True) / g      # 1 mean of each group
+    xc = xg - mu                                # 2 centre
+    sq = xc ** 2                                # 3 square
+    var = sq.sum(axis=1, keepdims=True) / g     # 4 biased variance of each group
+    check_finite(var, ", or values so large that their variance overflows, in group(s)")
+    std = np.sqrt(var + eps)                    # 5, 6
+    inv_std = 1.0 / std                         # 7
+    xhat = xc * inv_std                         # 8
+    y = gamma * xhat + beta                     # 9, 10
+    return y.reshape(m, d), BNCache(xg, mu, xc, var, std, inv_std, xhat, gamma, beta, eps)
+
+
+def ghost_batchnorm_backward(dout, cache: BNCache):
+    """Gradients of :func:`ghost_batchnorm_forward`: the backward of
+    :func:`batchnorm_backward` in each group, with that group's sums.
+
+    ``dx = gamma / (g * s_k) * (g * dout - sum_k(dout) - xhat * sum_k(dout * xhat))``
+    where ``sum_k`` runs over the g rows of the row's group k; ``dgamma`` and
+    ``dbeta`` add up over all m rows (gamma and beta are shared).
+
+    Parameters
+    ----------
+    dout : array of shape (m, d).
+    cache : from :func:`ghost_batchnorm_forward`.
+
+    Returns
+    -------
+    dx : (m, d);  dgamma : (d,);  dbeta : (d,).
+    """
+    k, g, d = cache.xhat.shape
+    dout = np.asarray(dout)
+    if dout.shape != (k * g, d):
+        raise ValueError(f"dout must have the shape of x {(k * g, d)}; got {dout.shape}")
+    if dout.dtype.kind != "f":
+        dout = dout.astype(np.float64)
+    dout = dout.reshape(k, g, d)
+    xhat, gamma, inv_std = cache.xhat, cache.gamma, cache.inv_std
+    dbeta_k = dout.sum(axis=1, keepdims=True)              # (k, 1, d): per group
+    dgamma_k = (dout * xhat).sum(axis=1, keepdims=True)    # (k, 1, d)
+    dx = (gamma * inv_std / g) * (g * dout - dbeta_k - xhat * dgamma_k)
+    return dx.reshape(k * g, d), dgamma_k.sum(axis=(0, 1)), dbeta_k.sum(axis=(0, 1))
+
+
 class BatchNorm1d(NormLayer):
     """Batch norm layer for (m, d) inputs, with the semantics of torch.nn.BatchNorm1d.
 
@@ -241,11 +333,27 @@ class BatchNorm1d(NormLayer):
       amounts to a learning rate ``m`` times larger for ``gamma`` and ``beta``.
     * ``unbiased_running_var=False`` feeds the biased batch variance (the one
       used to normalize) into ``running_var`` instead of ``m / (m - 1)`` times it.
+
+    Ghost batch norm (Hoffer et al., 2017; chapter 7): with
+    ``ghost_batch_size=g`` a training-mode batch of m rows (m a multiple of g)
+    is cut into m // g groups of g consecutive rows, and each group is
+    normalized with its own mean and biased variance
+    (:func:`ghost_batchnorm_forward`); the backward is the per-group backward
+    (:func:`ghost_batchnorm_backward`). The running averages are updated once
+    per group, in order, each group counting as a batch of g rows (unbiased
+    variance ``g / (g - 1) * var``): exactly what calling the layer without
+    the option on each group in turn would do, which is how torch code
+    commonly implements it (``torch.split`` into chunks, one
+    ``nn.BatchNorm1d`` call per chunk). With m // g groups per step the
+    averages thus forget m // g times faster per SGD step than at
+    ``ghost_batch_size=None``. Eval mode is unchanged. A batch whose size is
+    not a multiple of g, or a g below 2, is refused with a ValueError.
+    ``ghost_batch_size=None`` (the default) is the plain layer, bit for bit.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  dtype=np.float32, param_grads: str = "mean",
-                 unbiased_running_var: bool = True):
+                 unbiased_running_var: bool = True, ghost_batch_size: int | None = None):
         super().__init__(num_features, eps, dtype)
         self.momentum = check_momentum(momentum, allow_none=True)
         if param_grads not in ("mean", "sum"):
@@ -256,6 +364,16 @@ class BatchNorm1d(NormLayer):
         self.running_var = np.ones(self.num_features, dtype=self.dtype)
         self.num_batches_tracked = 0
         self._buffers = _batchnorm_step.StepBuffers()
+        self.ghost_batch_size = ghost_batch_size
+
+    @property
+    def ghost_batch_size(self) -> int | None:
+        """Rows per normalization group in training mode (None: the whole batch)."""
+        return self._ghost_batch_size
+
+    @ghost_batch_size.setter
+    def ghost_batch_size(self, value) -> None:
+        self._ghost_batch_size = None if value is None else _check_group_size(value)
 
     def forward(self, x):
         """Normalize a batch ``x`` of shape (m, num_features) of the layer's
@@ -271,11 +389,23 @@ class BatchNorm1d(NormLayer):
             self._cache = None
             return batchnorm_eval(x, self.gamma, self.beta, self.running_mean,
                                   self.running_var, self.eps)
+        if self.ghost_batch_size is not None:
+            return self._ghost_forward(x)
         # batchnorm_forward, with its (m, d) nodes in this layer's buffers
         x, gamma, beta, eps = _check_forward_args(x, self.gamma, self.beta, self.eps)
         out, nodes = _batchnorm_step.forward(x, gamma, beta, eps, self._buffers)
         cache = BNCache(x, *nodes, gamma, beta, eps)
         self._update_running_stats(cache.mu, cache.var, m=x.shape[0])
+        self._cache = cache
+        return out
+
+    def _ghost_forward(self, x):
+        """Training-mode forward with ghost batches: per-group statistics, and one
+        running-average update per group, in order (see the class docstring)."""
+        out, cache = ghost_batchnorm_forward(x, self.gamma, self.beta, self.ghost_batch_size, self.eps)
+        g = self.ghost_batch_size
+        for mu, var in zip(cache.mu[:, 0], cache.var[:, 0]):
+            self._update_running_stats(mu, var, m=g)
         self._cache = cache
         return out
 
@@ -301,6 +431,13 @@ class BatchNorm1d(NormLayer):
                 "(eval mode keeps no cache: its statistics are constants)"
             )
         c = self._cache
+        if c.xhat.ndim == 3:                   # the last forward used ghost batches
+            dx, dgamma, dbeta = ghost_batchnorm_backward(dout, c)
+            if self.param_grads == "sum":
+                dgamma, dbeta = dx.shape[0] * dgamma, dx.shape[0] * dbeta
+            self.dgamma[...] = dgamma
+            self.dbeta[...] = dbeta
+            return dx
         # batchnorm_backward, with its intermediate in a buffer of this layer
         dx, dgamma, dbeta = _batchnorm_step.backward(_check_dout(dout, c), c.xhat, c.gamma,
                                                      c.inv_std, self._buffers)
@@ -313,6 +450,8 @@ class BatchNorm1d(NormLayer):
 
     def __repr__(self) -> str:
         extra = "" if self.param_grads == "mean" else f", param_grads={self.param_grads!r}"
+        if self.ghost_batch_size is not None:
+            extra += f", ghost_batch_size={self.ghost_batch_size}"
         if not self.unbiased_running_var:
             extra += ", unbiased_running_var=False"
         momentum = "None" if self.momentum is None else f"{self.momentum:g}"
