@@ -156,3 +156,20 @@ def test_ghost_backward_refuses_dout_of_another_shape():
 def test_ghost_repr_names_the_option():
     assert "ghost_batch_size=25" in repr(BatchNorm1d(3, ghost_batch_size=25))
     assert "ghost" not in repr(BatchNorm1d(3))
+
+
+def test_ghost_groups_count_as_batches_in_the_cumulative_average():
+    """With momentum=None each group is one batch of the cumulative average, as
+    calling the plain layer on each group in turn (torch.split) would count it:
+    after one step of 12 rows in groups of 3, num_batches_tracked is 4 and the
+    running mean is the plain mean of the four group means (float64, 1e-12)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(3.0, 2.0, (12, 5))
+    layer = BatchNorm1d(5, momentum=None, dtype=np.float64, ghost_batch_size=3)
+    layer.forward(x)
+    groups = x.reshape(4, 3, 5)
+    assert layer.num_batches_tracked == 4
+    np.testing.assert_allclose(layer.running_mean, groups.mean(axis=1).mean(axis=0),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(layer.running_var, groups.var(axis=1, ddof=1).mean(axis=0),
+                               rtol=0, atol=1e-12)

@@ -433,14 +433,9 @@ class BatchNorm1d(NormLayer):
         c = self._cache
         if c.xhat.ndim == 3:                   # the last forward used ghost batches
             dx, dgamma, dbeta = ghost_batchnorm_backward(dout, c)
-            if self.param_grads == "sum":
-                dgamma, dbeta = dx.shape[0] * dgamma, dx.shape[0] * dbeta
-            self.dgamma[...] = dgamma
-            self.dbeta[...] = dbeta
-            return dx
-        # batchnorm_backward, with its intermediate in a buffer of this layer
-        dx, dgamma, dbeta = _batchnorm_step.backward(_check_dout(dout, c), c.xhat, c.gamma,
-                                                     c.inv_std, self._buffers)
+        else:  # batchnorm_backward, with its intermediate in a buffer of this layer
+            dx, dgamma, dbeta = _batchnorm_step.backward(_check_dout(dout, c), c.xhat, c.gamma,
+                                                         c.inv_std, self._buffers)
         if self.param_grads == "sum":
             m = dx.shape[0]
             dgamma, dbeta = m * dgamma, m * dbeta
