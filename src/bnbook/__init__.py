@@ -2,7 +2,7 @@
 
 Modules:
 
-* :mod:`bnbook.batchnorm` -- forward/backward, the BatchNorm1d layer, folding
+* :mod:`bnbook.batchnorm` -- forward/backward, the BatchNorm1d layer, ghost batch norm, folding
 * :mod:`bnbook.layers` -- Linear, ReLU, Sigmoid, loss, Sequential, SGD
 * :mod:`bnbook.gradcheck` -- numerical gradients and relative errors
 * :mod:`bnbook.mnist` -- the MNIST loader (download, checksum, cache)
@@ -11,7 +11,9 @@ Modules:
 * :mod:`bnbook.protocol` -- the Layer base class (the protocol), shared checks, NonFiniteError
 * :mod:`bnbook.layernorm` -- layer normalization (chapter 7)
 * :mod:`bnbook.input_normalization` -- chapter 1's models, preprocessing and drift recorder
-* :mod:`bnbook.inference_stats` -- running averages and population statistics (chapters 5, 7)
+* :mod:`bnbook.inference_stats` -- running averages, population statistics, precise BN (chapters 5, 7)
+* :mod:`bnbook.sync_batchnorm` -- batch norm synchronized across workers, Chan's formula (chapter 7)
+* :mod:`bnbook.experiments` -- chapter 6's recipes and experiment drivers
 * :mod:`bnbook.timing` -- median timings with timeit (chapter 3)
 * :mod:`bnbook.conv` -- convolution, pooling, Flatten, the CNN of chapter 9
 * :mod:`bnbook.normalization` -- BatchNorm2d, GroupNorm, LayerNorm2d, InstanceNorm2d, folding
