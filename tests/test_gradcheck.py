@@ -82,6 +82,20 @@ def test_relative_error_rejects_shape_mismatch():
         relative_error(np.ones(3), np.ones((3, 1)))
 
 
+class _BrokenLinear(Linear):
+    """A Linear layer with a planted bug: its weight gradient is ``error`` times
+    the true one (the other gradients are right)."""
+
+    def __init__(self, *args, error: float, **kw):
+        super().__init__(*args, **kw)
+        self.error = error
+
+    def backward(self, dout, need_input_grad=True):
+        dx = super().backward(dout, need_input_grad)
+        self.dW *= self.error
+        return dx
+
+
 def test_check_layer_gradients_flags_a_wrong_gradient():
     rng = np.random.default_rng(3)
     net = Sequential(Linear(4, 3, rng=rng, dtype=np.float64))
@@ -89,13 +103,8 @@ def test_check_layer_gradients_flags_a_wrong_gradient():
     good = check_layer_gradients(net, softmax_cross_entropy, x, y)
     assert set(good) == {"0.W", "0.b", "x"} and max(good.values()) < 1e-8
 
-    class BrokenLinear(Linear):
-        def backward(self, dout, need_input_grad=True):
-            dx = super().backward(dout, need_input_grad)
-            self.dW *= 1.01  # a 1% error in one gradient
-            return dx
-
-    broken = Sequential(BrokenLinear(4, 3, rng=np.random.default_rng(3), dtype=np.float64))
+    broken = Sequential(_BrokenLinear(4, 3, rng=np.random.default_rng(3), dtype=np.float64,
+                                      error=1.01))  # a 1% error in one gradient
     errors = check_layer_gradients(broken, softmax_cross_entropy, x, y)
     assert errors["0.W"] > 1e-3
     assert errors["0.b"] < 1e-8 and errors["x"] < 1e-8
@@ -115,18 +124,14 @@ def test_check_layer_gradients_leaves_the_running_statistics_as_they_were():
     assert max(errors.values()) < 1e-6
     np.testing.assert_array_equal(bn.running_mean, before[0])  # tolerance: none
     np.testing.assert_array_equal(bn.running_var, before[1])
+
+
 def _small_net_and_broken_copy():
     rng = np.random.default_rng(4)
     net = Sequential(Linear(4, 3, rng=rng, dtype=np.float64))
     x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
-
-    class BrokenLinear(Linear):
-        def backward(self, dout, need_input_grad=True):
-            dx = super().backward(dout, need_input_grad)
-            self.dW *= 1.1  # a 10% error in one gradient
-            return dx
-
-    broken = Sequential(BrokenLinear(4, 3, rng=np.random.default_rng(4), dtype=np.float64))
+    broken = Sequential(_BrokenLinear(4, 3, rng=np.random.default_rng(4), dtype=np.float64,
+                                      error=1.1))  # a 10% error in one gradient
     return net, broken, x, y
 
 
