@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from .layers import Layer
+from .protocol import check_eps, init_scale_shift
 
 __all__ = [
     "NormCache",
@@ -150,14 +151,8 @@ class ChannelNorm(Layer):
                 raise ValueError(f"num_channels ({c}) is not divisible by num_groups "
                                  f"({num_groups}): every group needs the same number of channels")
             num_groups = int(num_groups)
-        if not (np.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a positive finite number; got {eps!r}")
-        self.num_channels, self.num_groups, self.eps = c, num_groups, float(eps)
-        self.dtype = np.dtype(dtype)
-        self.gamma = np.ones(c, dtype=self.dtype)
-        self.beta = np.zeros(c, dtype=self.dtype)
-        self.dgamma = np.zeros_like(self.gamma)
-        self.dbeta = np.zeros_like(self.beta)
+        self.num_channels, self.num_groups, self.eps = c, num_groups, check_eps(eps)
+        init_scale_shift(self, c, dtype)
         self.training = True
         self._cache = None
 

@@ -25,6 +25,7 @@ __all__ = [
     "check_batch",
     "check_param",
     "check_eps",
+    "init_scale_shift",
     "check_momentum",
     "check_finite",
     "iter_layers",
@@ -78,6 +79,17 @@ def check_eps(eps: float) -> float:
     if not np.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a positive finite number; got {eps!r}")
     return float(eps)
+
+
+def init_scale_shift(layer, d: int, dtype) -> None:
+    """Give a normalization layer its ``dtype`` and learned scale and shift:
+    ``gamma`` (ones), ``beta`` (zeros) and their gradients ``dgamma``,
+    ``dbeta``, all of shape (d,)."""
+    layer.dtype = np.dtype(dtype)
+    layer.gamma = np.ones(d, dtype=layer.dtype)
+    layer.beta = np.zeros(d, dtype=layer.dtype)
+    layer.dgamma = np.zeros_like(layer.gamma)
+    layer.dbeta = np.zeros_like(layer.beta)
 
 
 def check_momentum(momentum: float | None, upper_open: bool = False,
@@ -193,11 +205,7 @@ class NormLayer(Layer):
         d = int(num_features)
         self.num_features = d
         self.eps = check_eps(eps)
-        self.dtype = np.dtype(dtype)
-        self.gamma = np.ones(d, dtype=self.dtype)
-        self.beta = np.zeros(d, dtype=self.dtype)
-        self.dgamma = np.zeros_like(self.gamma)
-        self.dbeta = np.zeros_like(self.beta)
+        init_scale_shift(self, d, dtype)
         self._cache = None
 
     def params(self) -> list:
