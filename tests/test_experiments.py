@@ -86,6 +86,16 @@ def test_best_lr_takes_the_highest_final_accuracy_and_never_a_diverged_run():
         best_lr({1.0: hist([np.nan], 1)})
 
 
+def test_best_lr_with_a_tolerance_takes_the_smallest_rate_within_it_of_the_best():
+    runs = {0.1: hist([0.9466]), 0.3: hist([0.9687]), 1.0: hist([0.9711]), 3.0: hist([0.1064])}
+    assert best_lr(runs) == 1.0
+    assert best_lr(runs, tolerance=0.003) == 0.3      # 0.24 points behind: within the tolerance
+    assert best_lr(runs, tolerance=0.002) == 1.0      # ... but not within 0.2 points
+    assert best_lr(runs, tolerance=0.03) == 0.1
+    with pytest.raises(ValueError, match="tolerance"):
+        best_lr(runs, tolerance=-0.01)
+
+
 def test_format_runs_shows_each_run_the_finite_range_and_divergence():
     rows = {"BN": [hist([0.91, 0.965]), hist([0.9077, 0.9649])],
             "plain": [hist([0.88, 0.9475]), hist([0.1135, np.nan], diverged_at=2)]}

@@ -9,7 +9,7 @@ import pytest
 
 from bnbook.layers import Layer, build_mlp
 from bnbook.protocol import NonFiniteError
-from bnbook.train import History, evaluate, fit, predict
+from bnbook.train import History, eval_outputs, evaluate, fit, predict
 
 SIZES = [20, 32, 2]
 
@@ -198,3 +198,32 @@ def test_predict_and_evaluate_use_eval_mode_and_restore_the_mode(data):
     assert not model.training
     assert evaluate(model, x_test, y_test) == np.mean(pred == y_test)
     assert predict(model, x_test[:0]).shape == (0,)
+
+
+def test_fit_stops_after_the_epoch_where_stop_if_says_so(data):
+    seen = []
+
+    def stop_after_two(hist):
+        seen.append(len(hist.test_acc))
+        return len(hist.test_acc) == 2
+
+    hist = fit(build_mlp(SIZES, seed=0), data, epochs=5, lr=0.1, batch_size=20, progress=False,
+               stop_if=stop_after_two)
+    assert seen == [1, 2] and len(hist.test_acc) == len(hist.train_loss) == 2
+    assert hist.steps == 2 * 400 // 20 and not hist.diverged
+    never = fit(build_mlp(SIZES, seed=0), data, epochs=3, lr=0.1, batch_size=20, progress=False,
+                stop_if=lambda h: False)
+    assert len(never.test_acc) == 3 and never.test_acc[:2] == hist.test_acc   # same run until the stop
+
+
+def test_eval_outputs_in_batches_equal_one_eval_forward_and_restore_the_mode(data):
+    model = build_mlp(SIZES, batchnorm=True, seed=0, dtype=np.float64)
+    fit(model, data, epochs=1, lr=0.1, batch_size=20, progress=False)
+    x_test = data[2].astype(np.float64)
+    model.train()
+    out = eval_outputs(model, x_test, batch_size=7)      # 200 rows in batches of 7 (the last one 4)
+    assert model.training
+    with_one = model.eval().forward(x_test)
+    np.testing.assert_allclose(out, with_one, rtol=1e-12, atol=1e-12)   # float64: the same up to rounding
+    with pytest.raises(ValueError, match="batch_size"):
+        eval_outputs(model, x_test, batch_size=0)

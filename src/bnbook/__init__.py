@@ -23,7 +23,7 @@ from .batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_backward_stag
 from .gradcheck import numerical_gradient, relative_error
 from .layers import (SGD, Linear, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy,
                      build_mlp, softmax_cross_entropy)
-from .train import History, evaluate, fit, predict
+from .train import History, eval_outputs, evaluate, fit, predict
 from .protocol import Layer, NonFiniteError
 from .conv import Conv2d, Flatten, MaxPool2d, build_cnn  # chapter 9
 from .normalization import BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d
