@@ -227,3 +227,17 @@ def test_eval_outputs_in_batches_equal_one_eval_forward_and_restore_the_mode(dat
     np.testing.assert_allclose(out, with_one, rtol=1e-12, atol=1e-12)   # float64: the same up to rounding
     with pytest.raises(ValueError, match="batch_size"):
         eval_outputs(model, x_test, batch_size=0)
+
+
+def test_an_evaluation_leaves_no_backward_cache_in_the_layers():
+    from bnbook.conv import build_cnn
+    rng = np.random.default_rng(0)
+    x, y = rng.random((40, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 40)
+    model = build_cnn("batch", seed=0)
+    fit(model, (x, y, x, y), epochs=1, lr=0.1, batch_size=20, progress=False)   # ends with an evaluation
+    kept = {(type(layer).__name__, name) for layer in model.layers
+            for name in ("_cache", "_x", "_mask", "_first") if getattr(layer, name, None) is not None}
+    assert kept == set()          # chapter 9 keeps twelve trained CNNs: 0.3 GB each otherwise
+    model.train()
+    out = model.forward(x[:4])    # training still works after it
+    model.backward(np.ones_like(out))
