@@ -21,7 +21,7 @@ import numpy as np
 from .layers import SGD, in_mode, softmax_cross_entropy
 from .protocol import NonFiniteError, iter_layers
 
-__all__ = ["History", "fit", "evaluate", "predict", "Progress"]
+__all__ = ["History", "fit", "evaluate", "eval_outputs", "predict", "Progress"]
 
 
 @dataclass
@@ -60,18 +60,19 @@ class History:
 
 
 #: What a layer keeps from its last forward pass for the backward pass.
-_BACKWARD_CACHES = ("_cache", "_x", "_mask", "_first")
+_BACKWARD_CACHES = ("_cache", "_x", "_mask", "_first", "_y")
 
 
 def eval_outputs(model, x, batch_size: int = 2000) -> np.ndarray:
     """Eval-mode outputs (n, k) of ``model`` for inputs ``x`` (n, ...).
 
     The rows go through ``batch_size`` at a time, so memory holds one batch's
-    activations, not all of ``x``'s. Afterwards the layers drop what they kept
-    for a backward pass (no backward follows an evaluation), so a trained model
+    activations, not all of ``x``'s. Afterwards the layers drop the activations
+    they kept for a backward pass (``_BACKWARD_CACHES``; no backward follows an
+    evaluation), so a trained model
     does not hold its last evaluation batch's activations: for chapter 9's CNN
     about 0.3 GB per model, and the chapter keeps twelve. The model's mode is
-    restored.
+    restored. An empty ``x`` gives an array of shape (0, 0).
     """
     if batch_size < 1 or int(batch_size) != batch_size:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
