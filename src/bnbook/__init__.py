@@ -1,31 +1,48 @@
 """bnbook: the code of the book "Batch normalization from first principles".
 
-Modules:
+Core modules, each importing only those above it in this list:
 
-* :mod:`bnbook.batchnorm` -- forward/backward, the BatchNorm1d layer, ghost batch norm, folding
-* :mod:`bnbook.layers` -- Linear, ReLU, Sigmoid, loss, Sequential, SGD
-* :mod:`bnbook.gradcheck` -- numerical gradients and relative errors
+* :mod:`bnbook.checks` -- input checks and :class:`NonFiniteError`
+* :mod:`bnbook.layers` -- the layer contract (:class:`Layer`), Linear,
+  activations, Dropout, Sequential
+* :mod:`bnbook.batchnorm` -- batch norm derived node by node (chapters 2-4)
+* :mod:`bnbook.normalization` -- the normalization kernel and every
+  normalization layer; folding and population statistics
+* :mod:`bnbook.convolution` -- convolution, pooling, Flatten (chapter 9)
+* :mod:`bnbook.models` -- the networks the chapters train (build_mlp, build_cnn)
+* :mod:`bnbook.losses` -- softmax cross-entropy
+* :mod:`bnbook.optimizers` -- SGD with momentum and weight decay
+* :mod:`bnbook.training` -- the training loop, its callbacks, evaluation
+* :mod:`bnbook.sync_batchnorm` -- batch norm synchronized across simulated workers (chapter 7)
 * :mod:`bnbook.mnist` -- the MNIST loader (download, checksum, cache)
-* :mod:`bnbook.train` -- the training loop and its History
+* :mod:`bnbook.gradcheck` -- numerical gradients and relative errors (chapters 3, 4, 7, 9)
+* :mod:`bnbook.timing` -- median timings (chapter 3)
 * :mod:`bnbook.plots` -- figures shared by the chapters
-* :mod:`bnbook.protocol` -- the Layer base class (the protocol), shared checks, NonFiniteError
-* :mod:`bnbook.layernorm` -- layer normalization (chapter 7)
-* :mod:`bnbook.input_normalization` -- chapter 1's models, preprocessing and drift recorder
-* :mod:`bnbook.inference_stats` -- running averages, population statistics, precise BN (chapters 5, 7)
-* :mod:`bnbook.sync_batchnorm` -- batch norm synchronized across workers, Chan's formula (chapter 7)
-* :mod:`bnbook.experiments` -- chapter 6's recipes and experiment drivers
-* :mod:`bnbook.timing` -- median timings with timeit (chapter 3)
-* :mod:`bnbook.conv` -- convolution, pooling, Flatten, the CNN of chapter 9
-* :mod:`bnbook.normalization` -- BatchNorm2d, GroupNorm, LayerNorm2d, InstanceNorm2d, folding
-"""
-from .batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_backward_staged,
-                        batchnorm_eval, batchnorm_forward, fold_batchnorm)
-from .gradcheck import numerical_gradient, relative_error
-from .layers import (SGD, Linear, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy,
-                     build_mlp, softmax_cross_entropy)
-from .train import History, eval_outputs, evaluate, fit, predict
-from .protocol import Layer, NonFiniteError
-from .conv import Conv2d, Flatten, MaxPool2d, build_cnn  # chapter 9
-from .normalization import BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d
 
-__version__ = "0.1.0"
+Chapter drivers, which the core never imports: :mod:`bnbook.chapters`
+(``ch1_inputs``, ``ch5_statistics``, ``ch6_mnist``, ``ch8_explanations``).
+"""
+from .batchnorm import batchnorm_backward, batchnorm_backward_staged, batchnorm_forward
+from .checks import NonFiniteError
+from .convolution import AvgPool2d, Conv2d, Flatten, MaxPool2d
+from .gradcheck import numerical_gradient, relative_error
+from .layers import Dropout, Layer, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .losses import SoftmaxCrossEntropy, softmax_cross_entropy
+from .models import build_cnn, build_mlp
+from .normalization import (BatchNorm1d, BatchNorm2d, FrozenBatchNorm1d, GroupNorm, InstanceNorm2d,
+                            LayerNorm, LayerNorm2d, fold_batchnorm, normalize,
+                            normalize_backward, recompute_bn_statistics)
+from .optimizers import SGD
+from .training import History, eval_outputs, evaluate, fit, predict
+
+__all__ = [
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
+    "FrozenBatchNorm1d", "GroupNorm", "History", "InstanceNorm2d", "Layer", "LayerNorm",
+    "LayerNorm2d", "Linear", "MaxPool2d", "NonFiniteError", "ReLU", "SGD", "Sequential",
+    "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "batchnorm_backward", "batchnorm_backward_staged",
+    "batchnorm_forward", "build_cnn", "build_mlp", "eval_outputs", "evaluate", "fit",
+    "fold_batchnorm", "normalize", "normalize_backward", "numerical_gradient", "predict",
+    "recompute_bn_statistics", "relative_error", "softmax_cross_entropy",
+]
+
+__version__ = "0.2.0"

@@ -1,15 +1,26 @@
-"""Layers for small fully connected networks, written out in NumPy (chapters 1 and 3-7).
+"""The layer contract, and the layers of fully connected networks.
 
-Every layer subclasses :class:`~bnbook.protocol.Layer` (re-exported here as
-``bnbook.layers.Layer``), whose docstring states the protocol: ``forward(x)``,
-``backward(dout, need_input_grad=True)``, ``params()``, ``train()`` /
-``eval()`` and the attribute ``training``. Batches have shape ``(m, d)``.
+Every layer of the package subclasses :class:`Layer` and keeps its contract
+(``tests/test_layer_contract.py`` checks it for every exported layer class):
 
-Here: Linear, ReLU, Sigmoid, the softmax cross-entropy loss, Sequential,
-:func:`build_mlp` (the networks of chapters 1 and 3-7), SGD, and two context
-managers (:func:`in_mode`, :func:`running_stats_kept`). The batch-norm layer,
-:class:`~bnbook.batchnorm.BatchNorm1d`, lives in :mod:`bnbook.batchnorm` and
-follows the same protocol.
+* ``forward(x)`` returns the output and keeps, in ``self._saved``, what
+  ``backward`` needs;
+* ``backward(dout, need_input_grad=True)`` returns the gradient with respect
+  to the last input (or None when ``need_input_grad`` is False and the layer
+  can skip it), and writes its parameters' gradients *in place* into the
+  arrays ``params()`` returned; called before a forward pass it raises a
+  ``RuntimeError``;
+* ``params()`` lists ``(name, value, gradient)`` triples of the layer's own
+  arrays, which an optimizer updates in place;
+* ``train(mode=True)`` / ``eval()`` set ``training`` and return the layer;
+* ``release()`` drops what ``forward`` kept (an evaluation needs no backward).
+
+Here: :class:`Linear`, :class:`ReLU`, :class:`Sigmoid`, :class:`Tanh`,
+:class:`Dropout`, :class:`Sequential`, and helpers that walk a model or run
+it in a given mode. The networks the chapters train are built in
+:mod:`bnbook.models`; the
+normalization layers live in :mod:`bnbook.normalization`, the convolutional
+ones in :mod:`bnbook.convolution`. Batches have shape ``(m, d)``.
 """
 from __future__ import annotations
 
@@ -17,24 +28,67 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .batchnorm import BatchNorm1d
-from .protocol import Layer, WeightBiasLayer, accepts_need_input_grad, check_momentum, iter_layers
+from .checks import check_batch
 
 __all__ = [
     "Layer",
     "Linear",
     "ReLU",
     "Sigmoid",
+    "Tanh",
+    "Dropout",
     "Sequential",
-    "SoftmaxCrossEntropy",
-    "softmax_cross_entropy",
     "init_weights",
-    "build_mlp",
-    "SGD",
+    "iter_layers",
     "in_mode",
     "running_stats_kept",
     "layer_inputs",
 ]
+
+
+class Layer:
+    """Base class of every layer: the contract of the module docstring.
+
+    A subclass sets ``self._saved`` in ``forward`` and reads it in
+    ``backward`` through :meth:`_saved_for_backward`, which raises when no
+    forward pass came first. This base is a parameter-free layer that
+    behaves the same in both modes.
+    """
+
+    training = True
+    _saved = None
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout, need_input_grad: bool = True):
+        raise NotImplementedError
+
+    def params(self) -> list:
+        return []
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def release(self) -> None:
+        """Forget what the last forward pass kept for ``backward``."""
+        self._saved = None
+
+    def _saved_for_backward(self):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward() first"
+                               + (" in training mode" if hasattr(self, "running_mean") else ""))
+        return self._saved
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 def init_weights(fan_in: int, fan_out: int, method: str = "he", gain: float = 1.0,
@@ -43,55 +97,42 @@ def init_weights(fan_in: int, fan_out: int, method: str = "he", gain: float = 1.
 
     method : ``"he"`` (std ``sqrt(2 / fan_in)``, for ReLU), ``"xavier"``
         (std ``sqrt(2 / (fan_in + fan_out))``, for sigmoid/tanh) or
-        ``"normal"`` (std 1). The std is multiplied by ``gain``, so
-        ``method="normal", gain=0.01`` gives N(0, 0.01^2) weights.
+        ``"normal"`` (std 1). The std is multiplied by ``gain``.
     rng : a ``numpy.random.Generator`` or a seed.
     """
     rng = np.random.default_rng(rng)
-    if method == "he":
-        std = np.sqrt(2.0 / fan_in)
-    elif method == "xavier":
-        std = np.sqrt(2.0 / (fan_in + fan_out))
-    elif method == "normal":
-        std = 1.0
-    else:
+    stds = {"he": np.sqrt(2.0 / fan_in), "xavier": np.sqrt(2.0 / (fan_in + fan_out)), "normal": 1.0}
+    if method not in stds:
         raise ValueError(f"unknown init method {method!r}; use 'he', 'xavier' or 'normal'")
-    w = rng.standard_normal((fan_in, fan_out)) * (gain * std)
+    w = rng.standard_normal((fan_in, fan_out)) * (gain * stds[method])
     return w.astype(dtype)
 
 
-class Linear(WeightBiasLayer):
-    """Affine layer ``y = x @ W + b``.
+class Linear(Layer):
+    """Affine layer ``y = x @ W + b``: ``x`` (m, in) -> ``y`` (m, out).
 
-    ``W`` has shape (in_features, out_features), ``b`` shape (out_features,)
-    (absent when ``bias=False``: the usual choice before batch norm, whose
-    shift ``beta`` makes a bias redundant). ``x`` (m, in) -> ``y`` (m, out).
-
-    ``bias_init`` : ``"zeros"`` (default) or ``"normal"``: N(0, 1) biases drawn
-    from ``bias_rng`` (a Generator or seed), as the "10 Days of Grad" code
-    does (chapter 6).
+    ``W`` is (in_features, out_features), ``b`` (out_features,) and zero at
+    the start, or None with ``bias=False`` (the usual choice before batch
+    norm, whose shift ``beta`` makes a bias redundant).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32,
-                 bias_init: str = "zeros", bias_rng=None):
+                 init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32):
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.num_features = self.in_features  # the input width _check_input asks for
         self.W = init_weights(self.in_features, self.out_features, init, gain, rng, dtype)
         self.dW = np.zeros_like(self.W)
-        if bias_init == "zeros":
-            b = np.zeros(self.out_features, dtype=dtype)
-        elif bias_init == "normal":
-            b = np.random.default_rng(bias_rng).standard_normal(self.out_features).astype(dtype)
-        else:
-            raise ValueError(f"bias_init must be 'zeros' or 'normal'; got {bias_init!r}")
-        self.b = b if bias else None
+        self.b = np.zeros(self.out_features, dtype=dtype) if bias else None
         self.db = np.zeros_like(self.b) if bias else None
-        self._x = None
+
+    def params(self):
+        p = [("W", self.W, self.dW)]
+        if self.b is not None:
+            p.append(("b", self.b, self.db))
+        return p
 
     def forward(self, x):
-        x = self._check_input(x)
-        self._x = x
+        x = check_batch(x, self.in_features, name="Linear's input x")
+        self._saved = x
         out = x @ self.W
         if self.b is not None:
             out += self.b
@@ -100,92 +141,92 @@ class Linear(WeightBiasLayer):
     def backward(self, dout, need_input_grad: bool = True):
         """Store dW (in, out) and db (out,); return dx (m, in), or None when
         ``need_input_grad`` is False (the first layer of a network)."""
-        if self._x is None:
-            raise RuntimeError("Linear.backward() called before forward()")
-        np.matmul(self._x.T, dout, out=self.dW)
+        x = self._saved_for_backward()
+        np.matmul(x.T, dout, out=self.dW)
         if self.b is not None:
             np.sum(dout, axis=0, out=self.db)
         return dout @ self.W.T if need_input_grad else None
 
     def __repr__(self) -> str:
-        return (f"Linear({self.in_features}, {self.out_features}, "
-                f"bias={self.b is not None})")
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.b is not None})"
 
 
 class ReLU(Layer):
     """``max(x, 0)`` elementwise; any shape."""
 
     def forward(self, x):
-        self._mask = x > 0
+        self._saved = x > 0
         return np.maximum(x, 0)
 
     def backward(self, dout, need_input_grad: bool = True):
-        return dout * self._mask
+        return dout * self._saved_for_backward()
 
 
 class Sigmoid(Layer):
-    """``1 / (1 + exp(-x))`` elementwise; any shape."""
+    """``1 / (1 + exp(-x))`` elementwise; any shape. ``dx = dout * y * (1 - y)``."""
 
     def forward(self, x):
-        # exp(-|x|) never overflows; both branches give the same function.
-        e = np.exp(-np.abs(x))
-        self._y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
-        return self._y
+        e = np.exp(-np.abs(x))  # never overflows; both branches give the same function
+        y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+        self._saved = y
+        return y
 
     def backward(self, dout, need_input_grad: bool = True):
-        return dout * self._y * (1.0 - self._y)
+        y = self._saved_for_backward()
+        return dout * y * (1.0 - y)
 
 
-def softmax_cross_entropy(logits, y, reduction: str = "mean"):
-    """Softmax followed by the cross-entropy loss, and its gradient.
+class Tanh(Layer):
+    """``tanh(x)`` elementwise; any shape. ``dx = dout * (1 - y^2)``."""
 
-    Parameters
-    ----------
-    logits : (m, c) scores.
-    y : (m,) integer class labels in ``0 .. c-1``.
-    reduction : ``"mean"`` (average over the batch, the convention of this
-        book and of PyTorch) or ``"sum"`` (sum over the batch: the gradient is
-        m times larger, as in code that back-propagates ``p - onehot(y)``).
+    def forward(self, x):
+        y = np.tanh(x)
+        self._saved = y
+        return y
 
-    Returns
-    -------
-    loss : float;  dlogits : (m, c).
+    def backward(self, dout, need_input_grad: bool = True):
+        y = self._saved_for_backward()
+        return dout * (1.0 - y * y)
+
+
+class Dropout(Layer):
+    """Inverted dropout (Srivastava et al., 2014), as PyTorch does it (chapter 8).
+
+    Training mode: ``out = x * mask / (1 - p)`` with ``mask`` a fresh
+    Bernoulli(1 - p) draw of ``x``'s shape at every call, so the expected
+    output is the input; eval mode (or ``p = 0``): ``out = x``. ``seed``
+    (or a Generator) seeds the masks.
     """
-    logits = np.asarray(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be 2-D of shape (m, c); got shape {logits.shape}")
-    y = np.asarray(y)
-    m, c = logits.shape
-    if y.shape != (m,) or y.dtype.kind not in "iu":  # signed or unsigned integers
-        raise ValueError(f"y must be {m} integer labels of shape ({m},); got {y.dtype} {y.shape}")
-    if m and (y.min() < 0 or y.max() >= c):
-        raise ValueError(f"labels must lie in 0..{c - 1}; got {y.min()}..{y.max()}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    expz = np.exp(shifted)
-    sumexp = expz.sum(axis=1, keepdims=True)
-    rows = np.arange(m)
-    losses = np.log(sumexp[:, 0]) - shifted[rows, y]
-    grad = expz / sumexp
-    grad[rows, y] -= 1.0
-    if reduction == "mean":
-        grad /= m
-        return float(losses.sum() / m), grad  # the mean, without np.mean's Python wrapper
-    return float(losses.sum()), grad
 
+    def __init__(self, p: float = 0.5, seed=0):
+        p = float(p)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop probability p must lie in [0, 1); got {p!r}")
+        self.p = p
+        self.rng = np.random.default_rng(seed)
 
-class SoftmaxCrossEntropy:
-    """Callable wrapper of :func:`softmax_cross_entropy` with a fixed reduction."""
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise ValueError(f"Dropout expects a float array; got dtype {x.dtype}")
+        if not self.training or self.p == 0.0:
+            self._saved = (None, x.shape)
+            return x
+        keep = 1.0 - self.p
+        scaled_mask = (self.rng.random(x.shape) < keep).astype(x.dtype) / x.dtype.type(keep)
+        self._saved = (scaled_mask, x.shape)
+        return x * scaled_mask
 
-    def __init__(self, reduction: str = "mean"):
-        self.reduction = reduction
-
-    def __call__(self, logits, y):
-        return softmax_cross_entropy(logits, y, self.reduction)
+    def backward(self, dout, need_input_grad: bool = True):
+        """``dx = dout * mask / (1 - p)`` (training) or ``dout`` (eval, or p = 0)."""
+        scaled_mask, shape = self._saved_for_backward()
+        if np.shape(dout) != shape:
+            raise ValueError(f"dout has shape {np.shape(dout)}; the last forward pass "
+                             f"had shape {shape}")
+        return dout if scaled_mask is None else dout * scaled_mask
 
     def __repr__(self) -> str:
-        return f"SoftmaxCrossEntropy(reduction={self.reduction!r})"
+        return f"Dropout(p={self.p})"
 
 
 class Sequential(Layer):
@@ -199,6 +240,10 @@ class Sequential(Layer):
         for layer in self.layers:
             layer.train(mode)
         return self
+
+    def release(self) -> None:
+        for layer in self.layers:
+            layer.release()
 
     def params(self):
         """``(name, value, gradient)`` for every parameter; names like ``"0.W"``."""
@@ -214,19 +259,15 @@ class Sequential(Layer):
     def backward(self, dout, need_input_grad: bool = True):
         """Back-propagate ``dout`` (m, out); return dx (m, in) or None.
 
-        ``need_input_grad`` goes to the first layer (if its ``backward``
-        takes it; see :class:`~bnbook.protocol.Layer`): with False, a first
-        Linear skips the (unused) gradient w.r.t. the network's input, a third
-        of the work of its backward pass. Every other layer is asked for dx.
+        ``need_input_grad`` goes to the first layer: with False, a first
+        Linear skips the gradient with respect to the network's input (data
+        needs none), a third of its backward pass.
         """
-        if not self.layers:
-            return dout
         for i in range(len(self.layers) - 1, 0, -1):
             dout = self.layers[i].backward(dout)
-        first = self.layers[0]
-        if not need_input_grad and accepts_need_input_grad(first):
-            return first.backward(dout, need_input_grad=False)
-        return first.backward(dout)
+        if not self.layers:
+            return dout
+        return self.layers[0].backward(dout, need_input_grad=need_input_grad)
 
     def __getitem__(self, i):
         return self.layers[i]
@@ -239,76 +280,9 @@ class Sequential(Layer):
         return f"Sequential(\n  {inner}\n)"
 
 
-def build_mlp(sizes, batchnorm: bool = False, activation: str = "relu",
-              init: str | None = None, gain: float = 1.0, seed=0,
-              dtype=np.float32, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
-              bias_init: str = "zeros", output_bias: bool = True,
-              bn_param_grads: str = "mean", bn_unbiased_running_var: bool = True):
-    """A fully connected network ``sizes[0] -> ... -> sizes[-1]``.
-
-    Each hidden layer is ``Linear -> [BatchNorm1d] -> activation``; with
-    ``batchnorm=True`` the hidden Linear layers have no bias (beta takes its
-    role). The output layer is a Linear with bias and no activation (the
-    loss applies the softmax).
-
-    Weights are drawn layer by layer from one generator seeded with ``seed``,
-    so the networks with and without batch norm start from the *same*
-    weights. ``init`` defaults to He for ReLU and Xavier for sigmoid; ``gain``
-    multiplies every weight's standard deviation.
-
-    ``bias_init="normal"`` draws the biases from N(0, 1), from a second
-    generator (seeded from ``seed``), so the weights stay those of the same
-    seed with or without biases. ``output_bias=False`` drops the output
-    layer's bias too. ``bn_param_grads`` and ``bn_unbiased_running_var`` are
-    passed to every :class:`~bnbook.batchnorm.BatchNorm1d` (``param_grads``,
-    ``unbiased_running_var``). Chapter 6 uses these options to rebuild the
-    "10 Days of Grad" networks.
-
-    Example: ``build_mlp([784, 300, 50, 10], batchnorm=True)``.
-    """
-    acts = {"relu": ReLU, "sigmoid": Sigmoid}
-    if activation not in acts:
-        raise ValueError(f"activation must be one of {sorted(acts)}; got {activation!r}")
-    if init is None:
-        init = "he" if activation == "relu" else "xavier"
-    rng = np.random.default_rng(seed)
-    bias_rng = np.random.default_rng([seed, 1]) if bias_init == "normal" else None
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
-        layers.append(Linear(fan_in, fan_out, bias=not batchnorm, init=init, gain=gain,
-                             rng=rng, dtype=dtype, bias_init=bias_init, bias_rng=bias_rng))
-        if batchnorm:
-            layers.append(BatchNorm1d(fan_out, eps=bn_eps, momentum=bn_momentum, dtype=dtype,
-                                      param_grads=bn_param_grads,
-                                      unbiased_running_var=bn_unbiased_running_var))
-        layers.append(acts[activation]())
-    layers.append(Linear(sizes[-2], sizes[-1], bias=output_bias, init=init, gain=gain,
-                         rng=rng, dtype=dtype, bias_init=bias_init, bias_rng=bias_rng))
-    return Sequential(*layers)
-
-
-class SGD:
-    """Plain stochastic gradient descent, optionally with momentum.
-
-    ``step()`` updates every parameter of ``model.params()`` in place:
-    ``v = momentum * v + g`` and ``p -= lr * v`` (``v = g`` without momentum).
-    """
-
-    def __init__(self, model, lr: float, momentum: float = 0.0):
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive; got {lr!r}")
-        self.model, self.lr = model, float(lr)
-        self.momentum = check_momentum(momentum, upper_open=True)
-        self._velocity = {}
-
-    def step(self) -> None:
-        for name, p, g in self.model.params():
-            if self.momentum:
-                v = self._velocity.setdefault(name, np.zeros_like(p))
-                v *= self.momentum
-                v += g
-                g = v
-            p -= self.lr * g
+def iter_layers(model) -> list:
+    """The layers of ``model``, in order: a Sequential's ``layers``, or ``[model]``."""
+    return list(getattr(model, "layers", [model]))
 
 
 @contextmanager
@@ -325,21 +299,18 @@ def in_mode(model, training: bool):
 
 @contextmanager
 def running_stats_kept(model):
-    """Run a ``with`` block, then put back every ``running_mean`` and
-    ``running_var`` of ``model``'s layers (a Sequential or a single layer):
-    training-mode forward passes made inside leave no trace in them (nor in
-    a batch-norm layer's ``num_batches_tracked``)."""
-    saved = [(arr, arr.copy()) for layer in iter_layers(model)
-             for arr in (getattr(layer, "running_mean", None), getattr(layer, "running_var", None))
-             if arr is not None]
-    counts = [(layer, layer.num_batches_tracked) for layer in iter_layers(model)
-              if hasattr(layer, "num_batches_tracked")]
+    """Run a ``with`` block, then put back every ``running_mean``,
+    ``running_var`` and ``num_batches_tracked`` of ``model``'s layers:
+    training-mode forward passes made inside leave no trace in them."""
+    layers = [layer for layer in iter_layers(model) if hasattr(layer, "running_mean")]
+    saved = [(layer, layer.running_mean.copy(), layer.running_var.copy(),
+              layer.num_batches_tracked) for layer in layers]
     try:
         yield model
     finally:
-        for arr, old in saved:
-            arr[...] = old
-        for layer, n in counts:
+        for layer, mean, var, n in saved:
+            layer.running_mean[...] = mean
+            layer.running_var[...] = var
             layer.num_batches_tracked = n
 
 
@@ -347,11 +318,10 @@ def layer_inputs(model, x, select, batch_size: int | None = None) -> list:
     """What the chosen layers of ``model`` receive for data ``x`` (n, d_in).
 
     ``select(index, layer)`` picks the layers; the network runs in eval mode
-    (no running statistics change; the previous mode is restored), ``batch_size``
-    rows at a time (None: all at once). Returns one new array (n, width) per
-    picked layer, in order: the input of that layer, i.e. the output of the
-    layer before it. Used for batch norm's inputs (chapters 5 and 7) and
-    chapter 1's pre-activations.
+    (the previous mode is restored), ``batch_size`` rows at a time (None: all
+    at once). Returns one new array (n, width) per picked layer, in order.
+    Used for batch norm's inputs (chapters 5 and 7) and chapter 1's
+    pre-activations.
     """
     x = np.asarray(x)
     step = len(x) if batch_size is None else int(batch_size)

@@ -8,11 +8,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .inference_stats import ema
-
-__all__ = ["new_axes", "plot_histories", "plot_percentile_bands", "plot_loss_contours",
-           "show_digits", "plot_error_vs_step", "plot_grouped_bars",
-           "plot_descent", "plot_histograms_at_steps", "plot_running_averages"]
+__all__ = ["new_axes", "plot_percentile_bands", "plot_loss_contours", "show_digits",
+           "plot_error_vs_step", "plot_grouped_bars", "plot_descent", "plot_histograms_at_steps"]
 
 
 def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float = 3.6, **kw):
@@ -20,35 +17,6 @@ def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float =
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
                              constrained_layout=True, **kw)
     return fig, axes
-
-
-def plot_histories(histories, metric: str = "test_acc", ax=None, title: str | None = None,
-                   percent: bool = True, styles=None):
-    """Plot one curve per :class:`~bnbook.train.History` against the epoch.
-
-    ``metric`` is ``"test_acc"`` or ``"train_loss"``. A run that diverged is
-    marked with an x at the epoch where it stopped.
-    """
-    if ax is None:
-        _, ax = new_axes()
-    styles = styles or {}
-    for h in histories:
-        y = np.asarray(getattr(h, metric), dtype=float)
-        if metric == "test_acc" and percent:
-            y = 100 * y
-        (line,) = ax.plot(h.epochs, y, marker="o", ms=3, label=h.label, **styles.get(h.label, {}))
-        if h.diverged:
-            ax.plot([h.diverged_at], [np.nanmin(y) if np.isfinite(y).any() else 0],
-                    "x", color=line.get_color(), ms=9, mew=2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel({"test_acc": "test accuracy (%)" if percent else "test accuracy",
-                   "train_loss": "training loss (cross-entropy)"}.get(metric, metric))
-    if metric == "train_loss":
-        ax.set_yscale("log")
-    ax.set_title(title or {"test_acc": "Test accuracy", "train_loss": "Training loss"}.get(metric, metric))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
 
 
 def plot_percentile_bands(steps, values, percentiles=(15, 50, 85), ax=None, title="",
@@ -221,25 +189,4 @@ def plot_histograms_at_steps(steps, values, at, ax=None, bins: int = 40, title: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return ax
-
-
-def plot_running_averages(truth, observed, momenta, init: float = 0.0, ax=None,
-                          title: str = "Running mean of one feature"):
-    """Draw the batch statistic ``observed`` (T,), the quantity it estimates
-    ``truth`` (T,), and its running average (PyTorch convention, starting at
-    ``init``) for each momentum in ``momenta``. Returns the axes."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 3.8), constrained_layout=True)
-    t = np.arange(1, len(observed) + 1)
-    ax.plot(t, observed, ".", ms=2.5, color="0.7", label="batch mean")
-    ax.plot(t, truth, "k--", lw=1, label="population mean")
-    for m in momenta:
-        ax.plot(np.arange(len(observed) + 1), ema(observed, m, init), lw=1.6,
-                label=f"running mean, momentum {m:g}")
-    ax.set_xlabel("training step (batches seen)")
-    ax.set_ylabel("mean of the feature (input units)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", ncol=2)
     return ax

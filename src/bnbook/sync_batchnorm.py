@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .protocol import check_eps, check_param
+from .checks import check_eps, check_param
+from .normalization import normalize, normalize_backward
 
 __all__ = [
     "CommLog",
@@ -173,14 +174,17 @@ def sync_batch_stats(shards, method: str = "chan", log: CommLog | None = None):
 
 @dataclass
 class SyncBNCache:
-    """What the synchronized forward keeps: ``xhat`` (list of the k shards'
-    (m_j, d) normalized inputs), and (d,) arrays ``inv_std``, ``gamma``; ``n``
-    is the total number of rows."""
+    """What the synchronized forward keeps: one kernel cache per worker
+    (:class:`~bnbook.normalization.NormCache`, with the whole batch's
+    statistics and count) and ``gamma`` (d,)."""
 
-    xhat: list
-    inv_std: np.ndarray
+    caches: list
     gamma: np.ndarray
-    n: int
+
+    @property
+    def xhat(self) -> list:
+        """Each worker's normalized rows (m_j, d)."""
+        return [c.xhat for c in self.caches]
 
 
 def sync_batchnorm_forward(shards, gamma, beta, eps: float = 1e-5, method: str = "chan",
@@ -209,9 +213,9 @@ def sync_batchnorm_forward(shards, gamma, beta, eps: float = 1e-5, method: str =
     d = shards[0].shape[1]
     gamma = check_param(gamma, d, "gamma", shards[0].dtype)
     beta = check_param(beta, d, "beta", shards[0].dtype)
-    inv_std = 1.0 / np.sqrt(np.maximum(var, 0) + check_eps(eps))    # r = 1 / s, the same on every worker
-    xhat = [(s - mu) * inv_std for s in shards]                       # each worker, its own rows
-    return [gamma * xh + beta for xh in xhat], SyncBNCache(xhat, inv_std, gamma, n)
+    stats = (mu, np.maximum(var, 0), n)          # the same on every worker
+    caches = [normalize(s, (0,), check_eps(eps), stats=stats)[1] for s in shards]
+    return [gamma * c.xhat + beta for c in caches], SyncBNCache(caches, gamma)
 
 
 def sync_batchnorm_backward(douts, cache: SyncBNCache, log: CommLog | None = None):
@@ -221,7 +225,8 @@ def sync_batchnorm_backward(douts, cache: SyncBNCache, log: CommLog | None = Non
     Each worker j sends ``[sum_i dout_i, sum_i dout_i * xhat_i]`` over its
     rows; the sums over workers are ``dbeta`` and ``dgamma`` of the whole batch,
     and each worker then computes its rows of
-    ``dx = gamma / (n * s) * (n * dout - dbeta - xhat * dgamma)``.
+    ``dx = gamma / (n * s) * (n * dout - dbeta - xhat * dgamma)`` with the
+    kernel's backward, given those sums.
 
     Parameters
     ----------
@@ -242,6 +247,6 @@ def sync_batchnorm_backward(douts, cache: SyncBNCache, log: CommLog | None = Non
     total = all_reduce(msgs, np.add, log, "backward: sum of dout, sum of dout * xhat")
     d = cache.gamma.shape[0]
     dbeta, dgamma = total[:d], total[d:]
-    n, scale = cache.n, cache.gamma * cache.inv_std / cache.n
-    dxs = [scale * (n * g - dbeta - xh * dgamma) for g, xh in zip(douts, cache.xhat)]
+    dxs = [normalize_backward(g, c, scale=cache.gamma, sums=(dbeta, dgamma))[0]
+           for g, c in zip(douts, cache.caches)]
     return dxs, dgamma, dbeta

@@ -1,4 +1,4 @@
-"""Measurements behind chapter 8 (why batch norm helps).
+"""Chapter 8: measurements behind the explanations of why batch norm helps.
 
 Each function measures one explanation of batch norm's success on a network
 of :mod:`bnbook.layers` (a :class:`~bnbook.layers.Sequential`); none of them
@@ -13,8 +13,12 @@ changes the network: parameters and running statistics are put back.
 * :func:`layer_statistics` -- per-layer saturation and gradient norms.
 * :func:`feature_drift` and :class:`OutputRecorder` -- how far the
   distribution of a layer's output moves during training.
-* :func:`train_sgd` and :class:`NormRecorder` -- SGD with weight decay, and
-  the norm and effective step of the weights that feed a batch norm.
+* :class:`NormRecorder` -- the norm and effective step of the weights that
+  feed a batch norm (train with weight decay by giving ``fit`` an
+  :class:`~bnbook.optimizers.SGD` with ``weight_decay``);
+* :class:`NoisyAffine` and :func:`build_net` -- the "noisy batch norm"
+  network of Santurkar et al. (2018): a random per-feature scale and shift,
+  redrawn at every training step, after each batch norm.
 
 Conventions: gradients are those of the mean cross-entropy over the batch,
 computed in training mode (batch statistics); norms are Euclidean over all
@@ -24,8 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .experiment_layers import Tanh
-from .layers import Linear, Sigmoid, running_stats_kept, softmax_cross_entropy
+from ..layers import Layer, Linear, Sigmoid, Tanh, running_stats_kept
+from ..losses import softmax_cross_entropy
+from ..models import build_mlp
+from ..normalization import BatchNorm1d
 
 __all__ = [
     "GradientShiftRecorder",
@@ -36,7 +42,8 @@ __all__ = [
     "gradient_shift",
     "layer_statistics",
     "loss_and_gradients",
-    "train_sgd",
+    "NoisyAffine",
+    "build_net",
 ]
 
 
@@ -233,45 +240,8 @@ class OutputRecorder:
         self.snapshots.append(np.array(h, copy=True))
 
 
-def train_sgd(model, x, y, *, steps: int, lr: float, batch_size: int = 100, seed: int = 0,
-              weight_decay: float = 0.0, callback=None, callback_every: int = 1) -> np.ndarray:
-    """Mini-batch SGD with optional weight decay on the Linear weights.
-
-    The update of a weight matrix ``W`` is ``W -= lr * (dW + weight_decay * W)``;
-    other parameters (biases, gamma, beta) are not decayed. Batches are drawn
-    from ``x`` (n, d), ``y`` (n,) without replacement, reshuffled every epoch
-    with a generator seeded by ``seed``. ``callback(step, model)`` runs at step
-    0 and after every ``callback_every``-th step. Returns the losses (steps,).
-    """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
-    rng = np.random.default_rng(seed)
-    per_epoch = len(x) // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"need at least one batch of {batch_size}; got {len(x)} samples")
-    model.train()
-    losses = np.empty(steps)
-    if callback is not None:
-        callback(0, model)
-    for step in range(steps):
-        if step % per_epoch == 0:
-            perm = rng.permutation(len(x))
-        idx = perm[(step % per_epoch) * batch_size:(step % per_epoch + 1) * batch_size]
-        logits = model.forward(x[idx])
-        losses[step], dlogits = softmax_cross_entropy(logits, y[idx])
-        model.backward(dlogits, need_input_grad=False)
-        for name, p, g in model.params():
-            if weight_decay and name.endswith(".W"):
-                p -= lr * (g + weight_decay * p)
-            else:
-                p -= lr * g
-        if callback is not None and (step + 1) % callback_every == 0:
-            callback(step + 1, model)
-    return losses
-
-
 class NormRecorder:
-    """A callback for :func:`train_sgd` (or ``fit``): the norm of each weight in
+    """A ``fit`` callback: the norm of each weight in
     ``names`` and its relative change since the previous call.
 
     ``norms[name]`` and ``rel_step[name]`` are lists; ``rel_step`` is
@@ -295,3 +265,61 @@ class NormRecorder:
             self.norms[n].append(_norm(w))
             self.rel_step[n].append(np.nan if prev is None else _norm(w - prev) / _norm(prev))
             self._prev[n] = w.copy()
+
+
+class NoisyAffine(Layer):
+    """``out = s * x + b`` with a fresh random ``s``, ``b`` (d,) at every
+    training-mode forward pass; the identity in eval mode.
+
+    Per feature, ``b`` is uniform on ``[-shift, shift]`` and ``log s`` is
+    uniform on ``[-log(scale), log(scale)]`` (so ``s`` lies between
+    ``1/scale`` and ``scale``, with median 1). ``x`` (m, d) -> ``out`` (m, d).
+    The noise has no parameters to learn; ``seed`` seeds its generator.
+    """
+
+    def __init__(self, num_features: int, shift: float = 1.0, scale: float = 2.0, seed=0):
+        if not shift >= 0 or not scale >= 1:
+            raise ValueError(f"need shift >= 0 and scale >= 1; got shift={shift!r}, scale={scale!r}")
+        self.num_features = int(num_features)
+        self.shift, self.scale = float(shift), float(scale)
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"NoisyAffine expects input of shape (m, {self.num_features}); "
+                             f"got shape {x.shape}")
+        if not self.training:
+            self._saved = (None,)
+            return x
+        d = self.num_features
+        log_scale = np.log(self.scale)
+        s = np.exp(self.rng.uniform(-log_scale, log_scale, d)).astype(x.dtype)
+        b = self.rng.uniform(-self.shift, self.shift, d).astype(x.dtype)
+        self._saved = (s,)
+        return s * x + b
+
+    def backward(self, dout, need_input_grad: bool = True):
+        (s,) = self._saved_for_backward()
+        return dout if s is None else dout * s
+
+    def __repr__(self) -> str:
+        return f"NoisyAffine({self.num_features}, shift={self.shift}, scale={self.scale})"
+
+
+def build_net(sizes, *, batchnorm: bool = False, activation: str = "relu", dropout: float = 0.0,
+              noise: tuple | None = None, init: str | None = None, gain: float = 1.0,
+              seed: int = 0, dtype=np.float32):
+    """:func:`bnbook.models.build_mlp` with a :class:`NoisyAffine` after every
+    batch norm: ``noise=(shift, scale)`` (needs ``batchnorm=True``); the k-th
+    one's generator is seeded ``(seed, 1, k)``. Other arguments are build_mlp's.
+    """
+    if noise is not None and not batchnorm:
+        raise ValueError("noise is added after batch norm: it needs batchnorm=True")
+    if batchnorm and noise is not None:
+        count = iter(range(len(sizes)))
+
+        def batchnorm(width):
+            return [BatchNorm1d(width, dtype=dtype), NoisyAffine(width, *noise, seed=(seed, 1, next(count)))]
+    return build_mlp(sizes, batchnorm=batchnorm, activation=activation, init=init, gain=gain,
+                     seed=seed, dtype=dtype, dropout=dropout)

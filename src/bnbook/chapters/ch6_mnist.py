@@ -1,4 +1,4 @@
-"""Experiment drivers of chapter 6 (book/06_mnist_comparison.ipynb).
+"""Chapter 6's drivers: batch norm against no batch norm on MNIST.
 
 The chapter trains pairs of networks -- one with batch norm before every
 hidden activation, one without -- under two recipes:
@@ -22,11 +22,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .batchnorm import BatchNorm1d, batchnorm_forward
-from .layers import Linear, build_mlp
-from .train import History, evaluate, fit
+from ..batchnorm import batchnorm_forward
+from ..layers import Linear
+from ..models import build_mlp
+from ..normalization import BatchNorm1d
+from ..training import History, evaluate, fit
 
 __all__ = [
+    "ArticleBatchNorm1d",
+    "build_net",
     "LABELS",
     "ARTICLE",
     "BOOK",
@@ -62,35 +66,121 @@ BOOK = dict(sizes=(784, 300, 50, 10), init="he", gain=1.0, bias_init="zeros",
 _PAPER_SIZES = (784, 100, 100, 100, 10)  # Ioffe & Szegedy's MNIST network
 
 
-def train_net(data, network: str, *, lr: float, epochs: int, seed: int = 0,
-              sizes=ARTICLE["sizes"], activation: str = "relu", init: str | None = None,
-              gain: float = 1.0, bias_init: str = "zeros", bn_output_bias: bool = True,
-              bn_eps: float = 1e-5, bn_param_grads: str = "mean",
-              bn_unbiased_running_var: bool = True, batch_size: int = 100,
-              shuffle: str = "every epoch", label: str | None = None, progress: bool = True,
-              **fit_kw) -> History:
-    """Build one network of a pair and train it; return its History.
+class ArticleBatchNorm1d(BatchNorm1d):
+    """:class:`~bnbook.normalization.BatchNorm1d` with the article code's conventions.
 
-    ``network`` is ``"BN"`` (batch norm before every hidden activation,
-    bias-free hidden Linear layers, output bias only if ``bn_output_bias``)
-    or ``"plain"``. The network is built by
-    :func:`bnbook.layers.build_mlp` from ``seed`` -- so ``"BN"`` and
-    ``"plain"`` with one seed start from the same weights -- and trained by
-    :func:`bnbook.train.fit` with the same ``seed`` for the batch order.
-    The ``bn_*`` options are ignored for the plain network. ``fit_kw``
-    (``callback``, ``max_steps``, ...) go to ``fit``; the History's label
-    defaults to ``"<network> seed <seed>"``.
+    * ``param_grads="sum"``: ``dgamma`` and ``dbeta`` are m times the
+      gradients of the loss as given (an (m, d) batch), i.e. the gradients
+      summed over the batch, while ``dx`` is unchanged. With a loss averaged
+      over the batch, this is what the code does (it averages the Linear
+      layers' gradients but sums batch norm's): a learning rate m times
+      larger for ``gamma`` and ``beta``.
+    * ``unbiased_running_var=False``: the running variance takes the biased
+      batch variance (the one used to normalize) instead of ``m / (m - 1)``
+      times it.
+
+    ``param_grads="mean"`` with ``unbiased_running_var=True`` is the plain
+    layer, bit for bit.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-12, momentum: float | None = 0.1,
+                 dtype=np.float32, param_grads: str = "sum", unbiased_running_var: bool = False):
+        super().__init__(num_features, eps, momentum, dtype)
+        if param_grads not in ("mean", "sum"):
+            raise ValueError(f"param_grads must be 'mean' or 'sum'; got {param_grads!r}")
+        self.param_grads, self.unbiased_running_var = param_grads, bool(unbiased_running_var)
+
+    def running_var_correction(self, count: int) -> float:
+        return super().running_var_correction(count) if self.unbiased_running_var else 1.0
+
+    def backward(self, dout, need_input_grad: bool = True):
+        dx = super().backward(dout, need_input_grad)
+        if self.param_grads == "sum":
+            m = dx.shape[0]
+            self.dgamma *= m
+            self.dbeta *= m
+        return dx
+
+    def __repr__(self) -> str:
+        return (f"ArticleBatchNorm1d({self.num_features}, eps={self.eps:g}, "
+                f"param_grads={self.param_grads!r}, "
+                f"unbiased_running_var={self.unbiased_running_var})")
+
+
+def build_net(network: str, *, seed: int = 0, sizes=ARTICLE["sizes"], activation: str = "relu",
+              init: str | None = None, gain: float = 1.0, bias_init: str = "zeros",
+              bn_output_bias: bool = True, bn_eps: float = 1e-5, bn_param_grads: str = "mean",
+              bn_unbiased_running_var: bool = True):
+    """One network of a pair: ``"BN"`` (batch norm before every hidden
+    activation, bias-free hidden Linear layers, an output bias only if
+    ``bn_output_bias``) or ``"plain"``, built by :func:`bnbook.models.build_mlp`
+    from ``seed`` (so both start from the same weights).
+
+    ``bias_init="normal"`` draws every bias from N(0, 1), as the article's
+    code does, from a second generator seeded ``[seed, 1]``: one draw per
+    Linear layer in order, made whether or not the layer has a bias, so the
+    biases a layer gets do not depend on the other layers. The ``bn_*``
+    options go to an :class:`ArticleBatchNorm1d` (a plain BatchNorm1d when
+    they are its defaults) and are ignored for the plain network.
     """
     if network not in LABELS:
         raise ValueError(f"network must be one of {LABELS}; got {network!r}")
+    if bias_init not in ("zeros", "normal"):
+        raise ValueError(f"bias_init must be 'zeros' or 'normal'; got {bias_init!r}")
     bn = network == "BN"
-    bn_kw = dict(bn_eps=bn_eps, bn_param_grads=bn_param_grads,
-                 bn_unbiased_running_var=bn_unbiased_running_var) if bn else {}
-    model = build_mlp(sizes, batchnorm=bn, activation=activation, init=init, gain=gain,
-                      seed=seed, bias_init=bias_init,
-                      output_bias=bn_output_bias if bn else True, **bn_kw)
+
+    def batchnorm(width):
+        if bn_param_grads == "mean" and bn_unbiased_running_var:
+            return BatchNorm1d(width, eps=bn_eps)
+        return ArticleBatchNorm1d(width, eps=bn_eps, param_grads=bn_param_grads,
+                                  unbiased_running_var=bn_unbiased_running_var)
+    model = build_mlp(sizes, batchnorm=batchnorm if bn else False, activation=activation,
+                      init=init, gain=gain, seed=seed, output_bias=bn_output_bias if bn else True)
+    if bias_init == "normal":
+        bias_rng = np.random.default_rng([seed, 1])
+        for layer in model.layers:
+            if isinstance(layer, Linear):
+                draw = bias_rng.standard_normal(layer.out_features).astype(layer.W.dtype)
+                if layer.b is not None:
+                    layer.b[...] = draw
+    return model
+
+
+def one_shuffle(n: int, batch_size: int):
+    """A batch order for :func:`bnbook.training.fit`: one permutation of
+    ``range(n)``, drawn at the first epoch and kept, so every epoch visits
+    the same batches in the same order (the article's code does this)."""
+    order = None
+
+    def batches(epoch, rng):
+        nonlocal order
+        if order is None:
+            order = rng.permutation(n)
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)
+                if min(batch_size, n - i) >= 2]
+    return batches
+
+
+def train_net(data, network: str, *, lr: float, epochs: int, seed: int = 0,
+              batch_size: int = 100, shuffle: str = "every epoch", label: str | None = None,
+              progress: bool = True, **net_kw) -> History:
+    """Build one network of a pair with :func:`build_net` (``net_kw``) and
+    train it with :func:`bnbook.training.fit` with the same ``seed`` for the
+    batch order; return its History.
+
+    ``shuffle`` is ``"every epoch"`` (fit's default order) or ``"once"``
+    (:func:`one_shuffle`). Other keywords of ``fit`` (``callback``,
+    ``max_steps``, ...) are accepted too; the History's label defaults to
+    ``"<network> seed <seed>"``.
+    """
+    if shuffle not in ("every epoch", "once"):
+        raise ValueError(f"shuffle must be 'every epoch' or 'once'; got {shuffle!r}")
+    fit_names = ("callback", "callback_every", "max_steps", "stop_if", "callbacks", "drop_last")
+    fit_kw = {k: net_kw.pop(k) for k in fit_names if k in net_kw}
+    model = build_net(network, seed=seed, **net_kw)
+    batches = one_shuffle(len(data[0]), batch_size) if shuffle == "once" else None
     return fit(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-               shuffle=shuffle, progress=progress,
+               batches=batches, progress=progress,
                label=f"{network} seed {seed}" if label is None else label, **fit_kw)
 
 

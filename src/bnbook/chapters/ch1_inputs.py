@@ -8,7 +8,7 @@ Chapter 1 ("why normalize at all") needs three things, all small:
 * the preprocessing steps that fix the scales: standardization, min-max
   scaling and whitening (ZCA or PCA), plus the condition number that says
   how much they help;
-* a small deep network, trained with :func:`bnbook.train.fit`, whose hidden
+* a small deep network, trained with :func:`bnbook.training.fit`, whose hidden
   pre-activations are recorded on a fixed probe batch while it trains.
 
 Shapes: a data matrix ``X`` is ``(n, d)`` (n samples, d features), targets
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import Linear, ReLU, Sigmoid, build_mlp, in_mode, running_stats_kept
+from ..layers import Linear, ReLU, Sigmoid, in_mode, running_stats_kept
+from ..models import build_mlp
 
 __all__ = [
     "make_scaled_features",
@@ -342,7 +343,7 @@ def make_teacher_data(n: int = 4000, d: int = 20, classes: int = 4, hidden: int 
 
 def drift_network(sizes=(20, 64, 64, 64, 64, 4), seed=0, **kw):
     """The deep ReLU network without batch norm that chapter 1 watches drift
-    (:func:`bnbook.layers.build_mlp` with He initialization)."""
+    (:func:`bnbook.models.build_mlp` with He initialization)."""
     return build_mlp(list(sizes), batchnorm=False, seed=seed, **kw)
 
 
@@ -405,7 +406,7 @@ def distribution_drift(values):
 
 
 class PreactivationRecorder:
-    """A ``callback(step, model)`` for :func:`bnbook.train.fit` that records,
+    """A ``callback(step, model)`` for :func:`bnbook.training.fit` that records,
     on a fixed ``probe`` batch (p, d_in), a hidden quantity of every hidden
     layer:
 

@@ -2,11 +2,10 @@
 
 Used by chapter 9 (batch norm in convolutional networks). Images are batches
 of shape ``(N, C, H, W)``: samples, channels, height, width (PyTorch's
-layout). The layers follow the protocol of :mod:`bnbook.layers`
-(``forward``, ``backward``, ``params``, ``train``, ``eval``), so they go into
-a :class:`~bnbook.layers.Sequential` with ``Linear``, ``ReLU`` and the
+layout). The layers keep the contract of :mod:`bnbook.layers`, so they go
+into a :class:`~bnbook.layers.Sequential` with ``Linear``, ``ReLU`` and the
 normalizations of :mod:`bnbook.normalization`, and train with
-:func:`bnbook.train.fit`.
+:func:`bnbook.training.fit`.
 
 The convolution is *im2col*: every (kh, kw) patch of the input becomes one
 column of a matrix, and the convolution is one matrix product of the
@@ -30,7 +29,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .layers import Layer, init_weights
-from .protocol import WeightBiasLayer
 
 __all__ = [
     "conv2d_forward",
@@ -42,7 +40,6 @@ __all__ = [
     "MaxPool2d",
     "AvgPool2d",
     "Flatten",
-    "build_cnn",
 ]
 
 
@@ -173,19 +170,17 @@ def conv2d_backward(dout, cache: ConvCache, need_input_grad: bool = True):
     return dx, dw, db
 
 
-class Conv2d(WeightBiasLayer):
+class Conv2d(Layer):
     """Convolution layer: ``x`` (N, C, H, W) -> (N, F, Ho, Wo).
 
     ``W`` has shape (F, C, kh, kw) (PyTorch's layout), He-initialized with
-    fan-in ``C * kh * kw``; ``b`` shape (F,), absent with ``bias=False`` (the
-    usual choice before batch norm, whose ``beta`` takes its role).
-    ``input_grad=False`` skips the gradient with respect to the input: for
-    the first layer of a network, whose input is the data.
+    fan-in ``C * kh * kw``; ``b`` shape (F,), zero at the start, or None with
+    ``bias=False`` (the usual choice before batch norm, whose ``beta`` takes
+    its role).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1, pad: int = 0, bias: bool = True, input_grad: bool = True,
-                 rng=None, dtype=np.float32):
+                 stride: int = 1, pad: int = 0, bias: bool = True, rng=None, dtype=np.float32):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.pad = int(kernel_size), int(stride), int(pad)
         k = self.kernel_size
@@ -195,18 +190,22 @@ class Conv2d(WeightBiasLayer):
         self.dW = np.zeros_like(self.W)
         self.b = np.zeros(self.out_channels, dtype=dtype) if bias else None
         self.db = np.zeros_like(self.b) if bias else None
-        self.input_grad = bool(input_grad)
-        self._cache = None
+
+    def params(self):
+        p = [("W", self.W, self.dW)]
+        if self.b is not None:
+            p.append(("b", self.b, self.db))
+        return p
 
     def forward(self, x):
         x = _check_images(x, "Conv2d", self.in_channels)
-        out, self._cache = conv2d_forward(x, self.W, self.b, self.stride, self.pad)
+        out, self._saved = conv2d_forward(x, self.W, self.b, self.stride, self.pad)
         return out
 
-    def backward(self, dout):
-        if self._cache is None:
-            raise RuntimeError("Conv2d.backward() called before forward()")
-        dx, dw, db = conv2d_backward(dout, self._cache, self.input_grad)
+    def backward(self, dout, need_input_grad: bool = True):
+        """Writes dW and db; returns dx, or None when ``need_input_grad`` is
+        False (the first layer, whose input is the data)."""
+        dx, dw, db = conv2d_backward(dout, self._saved_for_backward(), need_input_grad)
         self.dW[...] = dw
         if self.b is not None:
             self.db[...] = db
@@ -240,16 +239,17 @@ class MaxPool2d(Layer):
         top, bottom = np.maximum(a, b), np.maximum(c, d)
         out = np.maximum(top, bottom)
         # index 0..3 of the first maximum of each window: ties go to the earlier corner
-        self._first = np.where(bottom > top, 2 + (d > c), (b > a).astype(np.int8))
-        self._shape = win.shape
+        first = np.where(bottom > top, 2 + (d > c), (b > a).astype(np.int8))
+        self._saved = (first, win.shape)
         return _channels_first(out)
 
-    def backward(self, dout):
+    def backward(self, dout, need_input_grad: bool = True):
+        first, shape = self._saved_for_backward()
         d = _channels_first(dout)
-        dx = np.empty(self._shape, dtype=d.dtype)
+        dx = np.empty(shape, dtype=d.dtype)
         for k, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            np.multiply(d, self._first == k, out=dx[:, :, :, i, :, j])
-        c, n, ho, _, wo, _ = self._shape
+            np.multiply(d, first == k, out=dx[:, :, :, i, :, j])
+        c, n, ho, _, wo, _ = shape
         return _channels_first(dx.reshape(c, n, 2 * ho, 2 * wo))
 
 
@@ -258,58 +258,22 @@ class AvgPool2d(Layer):
 
     def forward(self, x):
         win = _pool_windows(x, "AvgPool2d")
-        self._shape = win.shape
+        self._saved = win.shape
         return _channels_first(win.mean(axis=(3, 5)))
 
-    def backward(self, dout):
-        c, n, ho, _, wo, _ = self._shape
+    def backward(self, dout, need_input_grad: bool = True):
+        shape = self._saved_for_backward()
+        c, n, ho, _, wo, _ = shape
         d = (_channels_first(dout) / 4)[:, :, :, None, :, None]
-        return _channels_first(np.broadcast_to(d, self._shape).reshape(c, n, 2 * ho, 2 * wo))
+        return _channels_first(np.broadcast_to(d, shape).reshape(c, n, 2 * ho, 2 * wo))
 
 
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C * H * W), for the linear layer after the convolutions."""
 
     def forward(self, x):
-        self._shape = np.shape(x)
-        return np.reshape(x, (self._shape[0], -1))
+        self._saved = np.shape(x)
+        return np.reshape(x, (self._saved[0], -1))
 
-    def backward(self, dout):
-        return dout.reshape(self._shape)
-
-
-
-def build_cnn(norm: str | None = "batch", channels=(8, 16), groups: int = 4, seed=0,
-              dtype=np.float32):
-    """The small convolutional network of chapter 9, for (N, 1, 28, 28) images:
-
-    ``conv 3x3 (1 -> c1, pad 1) -> [norm] -> ReLU -> 2x2 max pool ->
-    conv 3x3 (c1 -> c2, pad 1) -> [norm] -> ReLU -> 2x2 max pool ->
-    Flatten -> Linear(c2 * 7 * 7, 10)``
-
-    norm : None, ``"batch"`` (:class:`~bnbook.normalization.BatchNorm2d`) or
-        ``"group"`` (:class:`~bnbook.normalization.GroupNorm` with ``groups``
-        groups). With a normalization the convolutions have no bias (its
-        ``beta`` takes that role).
-
-    Weights are drawn layer by layer from one generator seeded with ``seed``,
-    so the networks with and without normalization start from the same weights.
-    """
-    from .layers import Linear, ReLU, Sequential
-    from .normalization import BatchNorm2d, GroupNorm
-
-    makers = {None: None, "batch": lambda c: BatchNorm2d(c, dtype=dtype),
-              "group": lambda c: GroupNorm(groups, c, dtype=dtype)}
-    if norm not in makers:
-        raise ValueError(f"norm must be None, 'batch' or 'group'; got {norm!r}")
-    rng = np.random.default_rng(seed)
-    c1, c2 = channels
-    layers = []
-    for i, (cin, cout) in enumerate([(1, c1), (c1, c2)]):
-        layers.append(Conv2d(cin, cout, 3, pad=1, bias=norm is None, input_grad=i > 0,
-                             rng=rng, dtype=dtype))
-        if norm is not None:
-            layers.append(makers[norm](cout))
-        layers += [ReLU(), MaxPool2d()]
-    layers += [Flatten(), Linear(c2 * 7 * 7, 10, rng=rng, dtype=dtype)]
-    return Sequential(*layers)
+    def backward(self, dout, need_input_grad: bool = True):
+        return dout.reshape(self._saved_for_backward())
