@@ -69,7 +69,7 @@ import numpy as np  # noqa: E402
 
 torch = import_torch()
 
-from bnbook.batchnorm import BatchNorm1d  # noqa: E402
+from bnbook.normalization import BatchNorm1d  # noqa: E402
 
 
 def load_baseline(src):

@@ -42,7 +42,7 @@ def import_torch():
 def bnbook_epoch(model, data, *, lr: float, batch: int, seed: int, max_steps=None):
     """Seconds of one training epoch of a bnbook ``model`` as ``fit`` records
     it, and its mean loss. ``data`` is ``(x_train, y_train, x_test, y_test)``."""
-    from bnbook.train import fit
+    from bnbook.training import fit
 
     hist = fit(model, data, epochs=1, lr=lr, batch_size=batch, seed=seed,
                progress=False, max_steps=max_steps)

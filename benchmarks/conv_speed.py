@@ -2,13 +2,13 @@
 
     python benchmarks/conv_speed.py [--threads N] [--runs 5]
 
-Both libraries train the network of ``bnbook.conv.build_cnn("batch")`` --
+Both libraries train the network of ``bnbook.convolution.build_cnn("batch")`` --
 conv 3x3 1->8 (pad 1, no bias), BatchNorm2d, ReLU, 2x2 max pool, conv 3x3
 8->16, BatchNorm2d, ReLU, 2x2 max pool, flatten, linear 784->10 -- with
 softmax cross-entropy and plain SGD (learning rate 0.1, batches of 100) for
 one epoch over the 60,000 MNIST training images, in float32, in this process:
 
-* bnbook through ``bnbook.train.fit`` (the time fit records for the epoch:
+* bnbook through ``bnbook.training.fit`` (the time fit records for the epoch:
   shuffling, batching and 600 SGD steps; not the test evaluation after it);
 * PyTorch through the usual loop (``zero_grad``, forward, ``cross_entropy``,
   ``backward``, ``SGD.step``, ``loss.item()``), each batch gathered with one
@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 
 torch = import_torch()
 
-from bnbook.conv import build_cnn  # noqa: E402
+from bnbook.models import build_cnn  # noqa: E402
 from bnbook.mnist import load_mnist  # noqa: E402
 
 BATCH = 100

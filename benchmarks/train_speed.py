@@ -7,7 +7,7 @@ each ReLU, bias-free hidden linear layers, softmax cross-entropy, plain SGD
 with learning rate 0.01, mini-batches of 100 -- for one epoch over the 60,000
 MNIST training images, in float32, in this process:
 
-* bnbook through ``bnbook.train.fit`` (the time is the one fit records for the
+* bnbook through ``bnbook.training.fit`` (the time is the one fit records for the
   epoch: shuffling, batching and 600 SGD steps; the test-set evaluation that
   follows is not included);
 * PyTorch through the usual loop (``zero_grad``, forward, ``cross_entropy``,
@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 
 torch = import_torch()
 
-from bnbook.layers import build_mlp  # noqa: E402
+from bnbook.models import build_mlp  # noqa: E402
 from bnbook.mnist import load_mnist  # noqa: E402
 
 SIZES = [784, 300, 50, 10]

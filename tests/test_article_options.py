@@ -6,9 +6,11 @@ Math checks in float64; tolerances stated at each assert."""
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import BatchNorm1d
-from bnbook.layers import Linear, build_mlp, softmax_cross_entropy
-from bnbook.train import fit
+from bnbook.normalization import BatchNorm1d
+from bnbook.layers import Linear
+from bnbook.models import build_mlp
+from bnbook.losses import softmax_cross_entropy
+from bnbook.training import fit
 
 
 def _bn_step(param_grads, x, dout):

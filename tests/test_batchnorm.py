@@ -10,16 +10,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import (
-    BatchNorm1d,
-    BNCache,
-    batchnorm_backward,
-    batchnorm_backward_staged,
-    batchnorm_eval,
-    batchnorm_forward,
-    fold_batchnorm,
-)
-from bnbook.protocol import NonFiniteError
+from bnbook.normalization import BatchNorm1d, batchnorm_eval, fold_batchnorm
+from bnbook.batchnorm import (BNCache, batchnorm_backward, batchnorm_backward_staged, batchnorm_forward)
+from bnbook.checks import NonFiniteError
 from bnbook.gradcheck import numerical_gradient, relative_error
 from bnbook.layers import Linear
 

@@ -9,9 +9,9 @@ everything else is exact or float64 to 1e-13.
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import BatchNorm1d
-from bnbook.layers import SGD
-from bnbook.protocol import check_momentum
+from bnbook.normalization import BatchNorm1d
+from bnbook.optimizers import SGD
+from bnbook.checks import check_momentum
 
 BATCH_SIZES = [2, 5, 16, 3, 32, 7, 64]
 

@@ -1,4 +1,4 @@
-"""bnbook.conv: convolution, pooling and flattening (chapter 9).
+"""bnbook.convolution: convolution, pooling and flattening (chapter 9).
 
 * float64 gradient checks of conv2d (x, w, b), max and average pooling, and
   a small convolutional network end to end; relative error below 1e-7;
@@ -9,10 +9,9 @@
 import numpy as np
 import pytest
 
-from bnbook import Linear, ReLU, Sequential, numerical_gradient, relative_error, softmax_cross_entropy
-from bnbook.conv import (AvgPool2d, Conv2d, Flatten, MaxPool2d, build_cnn, col2im,
-                         conv2d_backward,
-                         conv2d_forward, im2col)
+from bnbook import (Linear, ReLU, Sequential, numerical_gradient, relative_error, softmax_cross_entropy)
+from bnbook.convolution import (AvgPool2d, Conv2d, Flatten, MaxPool2d, col2im, conv2d_backward, conv2d_forward, im2col)
+from bnbook.models import build_cnn
 from bnbook.gradcheck import check_layer_gradients
 from bnbook.normalization import BatchNorm2d
 

@@ -1,23 +1,18 @@
-"""Tests of bnbook.diagnostics (the measurements of chapter 8) and of the
-layers in bnbook.experiment_layers (Tanh, NoisyAffine). Math checks in float64."""
+"""Tests of bnbook.chapters.ch8_explanations (the measurements of chapter 8) and of the
+layers in bnbook.chapters.ch8_explanations (Tanh, NoisyAffine). Math checks in float64."""
 
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import BatchNorm1d
-from bnbook.diagnostics import (
-    GradientShiftRecorder,
-    NormRecorder,
-    along_gradient,
-    feature_drift,
-    gradient_shift,
-    layer_statistics,
-    loss_and_gradients,
-    train_sgd,
-)
-from bnbook.experiment_layers import NoisyAffine, Tanh
+from bnbook.normalization import BatchNorm1d
+from bnbook.chapters.ch8_explanations import (GradientShiftRecorder, NormRecorder, along_gradient, feature_drift, gradient_shift, layer_statistics, loss_and_gradients)
+from bnbook.chapters.ch8_explanations import train_sgd
+from bnbook.chapters.ch8_explanations import NoisyAffine
+from bnbook.layers import Tanh
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
-from bnbook.layers import Linear, ReLU, Sequential, build_mlp, softmax_cross_entropy
+from bnbook.layers import Linear, ReLU, Sequential
+from bnbook.models import build_mlp
+from bnbook.losses import softmax_cross_entropy
 
 
 def _data(n=32, d=6, c=3, seed=0):
@@ -188,7 +183,7 @@ def test_layer_statistics_counts_saturated_tanh_units_and_gradient_norms():
 
 
 def test_output_recorder_records_what_the_next_layer_sees():
-    from bnbook.diagnostics import OutputRecorder
+    from bnbook.chapters.ch8_explanations import OutputRecorder
 
     net = _net(bn=True)
     x, _ = _data()
@@ -254,7 +249,7 @@ def test_train_sgd_rejects_bad_settings():
 # build_net
 # --------------------------------------------------------------------------
 def test_build_net_draws_the_same_weights_as_build_mlp():
-    from bnbook.experiment_layers import build_net
+    from bnbook.chapters.ch8_explanations import build_net
 
     for bn in (False, True):
         a = build_mlp([8, 6, 5, 3], batchnorm=bn, seed=4)

@@ -1,12 +1,13 @@
-"""Tests of bnbook.dropout.Dropout: the inverted-dropout forward pass in both
+"""Tests of bnbook.layers.Dropout: the inverted-dropout forward pass in both
 modes, the gradient (centred differences, float64), seeding and bad input."""
 
 import numpy as np
 import pytest
 
-from bnbook.dropout import Dropout
+from bnbook.layers import Dropout
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
-from bnbook.layers import Linear, ReLU, Sequential, softmax_cross_entropy
+from bnbook.layers import Linear, ReLU, Sequential
+from bnbook.losses import softmax_cross_entropy
 
 
 def test_eval_mode_is_the_identity():

@@ -1,13 +1,12 @@
-"""Tests of bnbook.experiments (chapter 6's drivers) on tiny synthetic data
+"""Tests of bnbook.chapters.ch6_mnist (chapter 6's drivers) on tiny synthetic data
 (three Gaussian blobs, not MNIST), so they run in seconds."""
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import BatchNorm1d
-from bnbook.experiments import (ARTICLE, BOOK, LABELS, best_lr, format_runs,
-                                paper_experiment, percentile_drift, run_pair, train_net)
+from bnbook.normalization import BatchNorm1d
+from bnbook.chapters.ch6_mnist import (ARTICLE, BOOK, LABELS, best_lr, format_runs, paper_experiment, percentile_drift, run_pair, train_net)
 from bnbook.layers import Linear
-from bnbook.train import History
+from bnbook.training import History
 
 SIZES = (8, 6, 5, 3)
 

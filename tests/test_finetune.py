@@ -1,12 +1,12 @@
-"""Frozen batch-norm layers for fine-tuning (bnbook.finetune, chapter 7)."""
+"""Frozen batch-norm layers for fine-tuning (bnbook.normalization, chapter 7)."""
 import copy
 
 import numpy as np
 import pytest
 
 from bnbook import build_mlp, numerical_gradient, relative_error
-from bnbook.finetune import FrozenBatchNorm1d, freeze_batchnorm
-from bnbook.inference_stats import train_on_batches
+from bnbook.normalization import FrozenBatchNorm1d, freeze_batchnorm
+from bnbook.chapters.ch5_statistics import train_on_batches
 
 
 def _trained_net(seed=0):

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import (BatchNorm1d, batchnorm_backward, batchnorm_forward,
-                              ghost_batchnorm_backward, ghost_batchnorm_forward)
+from bnbook.normalization import BatchNorm1d, ghost_batchnorm_forward
+from bnbook.batchnorm import batchnorm_backward, batchnorm_forward, ghost_batchnorm_backward
 from bnbook.gradcheck import numerical_gradient, relative_error
-from bnbook.layers import Linear, Sequential, softmax_cross_entropy
+from bnbook.layers import Linear, Sequential
+from bnbook.losses import softmax_cross_entropy
 
 
 def _data(m=12, d=5, seed=0):

@@ -3,14 +3,10 @@
 import numpy as np
 import pytest
 
-from bnbook.gradcheck import (
-    check_layer_gradients,
-    check_random_direction,
-    check_sampled_entries,
-    numerical_gradient,
-    relative_error,
-)
-from bnbook.layers import Linear, Sequential, build_mlp, softmax_cross_entropy
+from bnbook.gradcheck import (check_layer_gradients, check_random_direction, check_sampled_entries, numerical_gradient, relative_error)
+from bnbook.layers import Linear, Sequential
+from bnbook.models import build_mlp
+from bnbook.losses import softmax_cross_entropy
 
 
 def test_numerical_gradient_matches_analytic_gradient_of_cube():

@@ -1,12 +1,13 @@
-"""Tests of bnbook.inference_stats: running averages, conventions, population statistics."""
+"""Tests of bnbook.chapters.ch5_statistics: running averages, conventions, population statistics."""
 
 import numpy as np
 import pytest
 
 from bnbook import BatchNorm1d, build_mlp, evaluate
-from bnbook.inference_stats import (accuracy_with_batch_statistics, bn_inputs, bn_layers, ema,
-                               ema_startup_bias, half_life, keras_to_pytorch,
-                               pytorch_to_keras, recompute_bn_statistics, train_on_batches)
+from bnbook.training import accuracy_with_batch_statistics
+from bnbook.normalization import bn_inputs, bn_layers, recompute_bn_statistics
+from bnbook.chapters.ch5_statistics import (ema, ema_startup_bias, half_life, keras_to_pytorch, pytorch_to_keras)
+from bnbook.chapters.ch5_statistics import train_on_batches
 
 
 def test_ema_matches_closed_form_and_conventions():

@@ -1,4 +1,4 @@
-"""Tests for bnbook.input_normalization (chapter 1's helpers) and the two plots it uses."""
+"""Tests for bnbook.chapters.ch1_inputs (chapter 1's helpers) and the two plots it uses."""
 
 import matplotlib
 
@@ -9,8 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from bnbook import plots  # noqa: E402
-from bnbook.layers import build_mlp  # noqa: E402
-from bnbook.input_normalization import (LeastSquares, PreactivationRecorder, activation_conditioning,  # noqa: E402
+from bnbook.models import build_mlp  # noqa: E402
+from bnbook.chapters.ch1_inputs import (LeastSquares, PreactivationRecorder, activation_conditioning,  # noqa: E402
                                condition_number, distribution_drift, hidden_activations,
                                drift_network, fix_eigenvector_signs, gradient_descent,
                                make_correlated_features,

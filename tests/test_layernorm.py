@@ -1,10 +1,10 @@
-"""Tests of bnbook.layernorm: forward, backward (float64 gradient check), layer."""
+"""Tests of bnbook.normalization: forward, backward (float64 gradient check), layer."""
 import numpy as np
 import pytest
 
 from bnbook import Linear, ReLU, Sequential, numerical_gradient, relative_error
-from bnbook.layernorm import LayerNorm, layernorm_backward, layernorm_forward
-from bnbook.layers import softmax_cross_entropy
+from bnbook.normalization import LayerNorm, layernorm_backward, layernorm_forward
+from bnbook.losses import softmax_cross_entropy
 
 
 def test_forward_normalizes_each_sample():

@@ -5,20 +5,12 @@ softmax cross-entropy loss."""
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import BatchNorm1d
+from bnbook.normalization import BatchNorm1d
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
-from bnbook.layers import (
-    SGD,
-    Layer,
-    Linear,
-    ReLU,
-    Sequential,
-    Sigmoid,
-    SoftmaxCrossEntropy,
-    build_mlp,
-    init_weights,
-    softmax_cross_entropy,
-)
+from bnbook.optimizers import SGD
+from bnbook.layers import Layer, Linear, ReLU, Sequential, Sigmoid, init_weights
+from bnbook.losses import SoftmaxCrossEntropy, softmax_cross_entropy
+from bnbook.models import build_mlp
 
 
 # --------------------------------------------------------------------------
@@ -373,7 +365,7 @@ def test_sequential_gives_need_input_grad_to_a_first_layer_whose_backward_takes_
     """The protocol's need_input_grad reaches the first layer when its backward
     accepts it (a Linear then skips dx), and a layer whose backward takes only
     dout still works first in a network (no isinstance test decides)."""
-    from bnbook.protocol import accepts_need_input_grad
+    from bnbook.checks import accepts_need_input_grad
 
     class Scale(Layer):  # a layer written against the protocol's minimum
         def forward(self, x):

@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 from bnbook import BatchNorm1d, numerical_gradient, relative_error
-from bnbook.conv import conv2d_forward
-from bnbook.normalization import (BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d,
-                                  fold_batchnorm2d, normalize, normalize_backward,
-                                  recompute_bn2d_statistics, statistic_groups)
+from bnbook.convolution import conv2d_forward
+from bnbook.normalization import (BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d, fold_batchnorm, normalize, normalize_backward, recompute_bn_statistics, statistic_groups)
 
 # Relative error of a correct float64 gradient with h = 1e-5. Each numerical
 # derivative sums 360 outputs, which leaves about 1e-9 of rounding noise, and
@@ -127,10 +125,10 @@ def test_fold_batchnorm2d_into_the_convolution_gives_the_same_outputs():
         bn.forward(conv2d_forward(rng.normal(1.0, 2.0, (8, 3, 6, 6)), w, b, 1, 1)[0])
     bn.eval()
     x = rng.normal(1.0, 2.0, (2, 3, 6, 6))
-    wf, bf = fold_batchnorm2d(w, b, bn)
+    wf, bf = fold_batchnorm(w, b, bn)
     np.testing.assert_allclose(conv2d_forward(x, wf, bf, 1, 1)[0],
                                bn.forward(conv2d_forward(x, w, b, 1, 1)[0]), rtol=1e-12, atol=1e-12)
-    wf0, bf0 = fold_batchnorm2d(w, None, bn)  # a bias-free convolution
+    wf0, bf0 = fold_batchnorm(w, None, bn)  # a bias-free convolution
     np.testing.assert_allclose(conv2d_forward(x, wf0, bf0, 1, 1)[0],
                                bn.forward(conv2d_forward(x, w, None, 1, 1)[0]), rtol=1e-12, atol=1e-12)
 
@@ -240,13 +238,13 @@ def test_per_sample_norms_equal_torch_float64(kind):
 
 def test_recompute_bn2d_statistics_gives_population_statistics():
     from bnbook import Sequential
-    from bnbook.conv import Conv2d
+    from bnbook.convolution import Conv2d
 
     rng = np.random.default_rng(10)
     conv = Conv2d(2, 3, 3, pad=1, rng=0, dtype=np.float64)
     model = Sequential(conv, BatchNorm2d(3, dtype=np.float64))
     x = rng.normal(1.0, 2.0, (7, 2, 5, 5))
-    recompute_bn2d_statistics(model, x, batch_size=3)
+    recompute_bn_statistics(model, x, batch_size=3)
     h = conv.forward(x)
     np.testing.assert_allclose(model[1].running_mean, h.mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(model[1].running_var, h.var(axis=(0, 2, 3), ddof=1), rtol=1e-12)

@@ -1,4 +1,4 @@
-"""Tests of chapter 5's precise-BN driver (bnbook.inference_stats): recording
+"""Tests of chapter 5's precise-BN driver (bnbook.chapters.ch5_statistics): recording
 the batch statistics, replaying them for any momentum, the first BN layer's
 population statistics, and running_vs_precise on a small data set.
 
@@ -8,9 +8,8 @@ order) unless stated."""
 import numpy as np
 
 from bnbook import build_mlp, fit
-from bnbook.inference_stats import (BatchStatsRecorder, bn_inputs, bn_layers, format_precise_table,
-                                    input_mean_and_cov, precise_bn, replay_running_stats,
-                                    running_vs_precise)
+from bnbook.chapters.ch5_statistics import (BatchStatsRecorder, format_precise_table, input_mean_and_cov, precise_bn, replay_running_stats, running_vs_precise)
+from bnbook.normalization import bn_inputs, bn_layers
 
 from conftest import make_blobs
 

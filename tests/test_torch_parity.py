@@ -9,7 +9,8 @@
 import numpy as np
 import pytest
 
-from bnbook.batchnorm import BatchNorm1d, batchnorm_backward, batchnorm_forward
+from bnbook.normalization import BatchNorm1d
+from bnbook.batchnorm import batchnorm_backward, batchnorm_forward
 
 torch = pytest.importorskip("torch")
 

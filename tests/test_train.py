@@ -1,4 +1,4 @@
-"""Tests of bnbook.train on a tiny synthetic problem: two Gaussian blobs in
+"""Tests of bnbook.training on a tiny synthetic problem: two Gaussian blobs in
 20 dimensions (400 training points, 200 test points), which a small network
 separates in a few epochs. Every run uses progress=False."""
 
@@ -7,9 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from bnbook.layers import Layer, build_mlp
-from bnbook.protocol import NonFiniteError
-from bnbook.train import History, eval_outputs, evaluate, fit, predict
+from bnbook.layers import Layer
+from bnbook.models import build_mlp
+from bnbook.checks import NonFiniteError
+from bnbook.training import History, eval_outputs, evaluate, fit, predict
 
 SIZES = [20, 32, 2]
 
@@ -41,7 +42,7 @@ def test_fit_learns_two_blobs_to_high_accuracy(data, batchnorm):
 def test_seconds_time_each_epochs_training_and_not_the_evaluation(data, monkeypatch):
     """A callback that sleeps 10 ms every step makes each epoch's recorded
     time at least steps x 10 ms; an evaluation that sleeps 0.3 s is not counted."""
-    import bnbook.train as train_module
+    import bnbook.training as train_module
 
     real_evaluate = train_module.evaluate
 
@@ -230,7 +231,7 @@ def test_eval_outputs_in_batches_equal_one_eval_forward_and_restore_the_mode(dat
 
 
 def test_an_evaluation_leaves_no_backward_cache_in_the_layers():
-    from bnbook.conv import build_cnn
+    from bnbook.models import build_cnn
     rng = np.random.default_rng(0)
     x, y = rng.random((40, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 40)
     model = build_cnn("batch", seed=0)
