@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 
-from bench_common import import_torch, parse_args
+from bench_common import import_torch, parse_args, load_baseline
 
 
 def _arguments(parser):
@@ -59,9 +59,7 @@ def _arguments(parser):
 
 args = parse_args(__doc__, _arguments)  # before NumPy loads: it sets the BLAS threads
 
-import importlib.util  # noqa: E402
 import platform  # noqa: E402
-import sys  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -70,17 +68,6 @@ import numpy as np  # noqa: E402
 torch = import_torch()
 
 from bnbook.normalization import BatchNorm1d  # noqa: E402
-
-
-def load_baseline(src):
-    """The bnbook package under ``src``/bnbook, imported as ``bnbook_baseline``."""
-    init = os.path.join(src, "bnbook", "__init__.py")
-    spec = importlib.util.spec_from_file_location(
-        "bnbook_baseline", init, submodule_search_locations=[os.path.dirname(init)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bnbook_baseline"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 BASELINE = load_baseline(args.baseline) if args.baseline else None

@@ -8,6 +8,7 @@ through the environment variables the libraries read when they load.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -29,6 +30,19 @@ def parse_args(doc: str, add_arguments=None) -> argparse.Namespace:
     return args
 
 
+def load_baseline(src):
+    """Another version of the package, the ``bnbook/`` folder under ``src``,
+    imported as ``bnbook_baseline`` (``--baseline`` of the scripts: for
+    example an older commit's ``src``, to time old and new side by side)."""
+    init = os.path.join(src, "bnbook", "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "bnbook_baseline", init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bnbook_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def import_torch():
     """PyTorch, or exit with a message saying how to install it."""
     try:
@@ -39,10 +53,12 @@ def import_torch():
     return torch
 
 
-def bnbook_epoch(model, data, *, lr: float, batch: int, seed: int, max_steps=None):
+def bnbook_epoch(model, data, *, lr: float, batch: int, seed: int, max_steps=None, fit=None):
     """Seconds of one training epoch of a bnbook ``model`` as ``fit`` records
-    it, and its mean loss. ``data`` is ``(x_train, y_train, x_test, y_test)``."""
-    from bnbook.training import fit
+    it, and its mean loss. ``data`` is ``(x_train, y_train, x_test, y_test)``;
+    ``fit`` defaults to ``bnbook.training.fit`` (a baseline passes its own)."""
+    if fit is None:
+        from bnbook.training import fit
 
     hist = fit(model, data, epochs=1, lr=lr, batch_size=batch, seed=seed,
                progress=False, max_steps=max_steps)

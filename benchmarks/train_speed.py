@@ -32,6 +32,10 @@ variables read when it loads, PyTorch through ``torch.set_num_threads``.
 PyTorch is not a requirement of the book; this benchmark needs it:
 ``pip install torch==2.13.0`` (a CPU build). Without the MNIST files it uses
 random data of the same shape, and says so.
+
+``--baseline SRC`` also times another version of the package (the
+``bnbook/`` folder under SRC, for example an older commit's ``src``) in the
+same alternating runs, and prints the ratio bnbook/baseline.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ from bench_common import import_torch, parse_args
 def _arguments(parser):
     parser.add_argument("--runs", type=int, default=5, help="timed epochs of each library (>= 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffle")
+    parser.add_argument("--baseline", default=None,
+                        help="folder holding another bnbook/ package to time side by side")
 
 
 args = parse_args(__doc__, _arguments)  # before NumPy loads: it sets the BLAS threads
@@ -59,6 +65,8 @@ torch = import_torch()
 
 from bnbook.models import build_mlp  # noqa: E402
 from bnbook.mnist import load_mnist  # noqa: E402
+
+BASELINE = bench_common.load_baseline(args.baseline) if args.baseline else None
 
 SIZES = [784, 300, 50, 10]
 BATCH = 100
@@ -122,6 +130,11 @@ def torch_model_like(model):
 
 def bnbook_epoch(data, max_steps=None):
     return bench_common.bnbook_epoch(bnbook_model(), data, max_steps=max_steps, **EPOCH)
+
+
+def baseline_epoch(data, max_steps=None):
+    model = BASELINE.build_mlp(SIZES, batchnorm=True, seed=args.seed, dtype=np.float32)
+    return bench_common.bnbook_epoch(model, data, max_steps=max_steps, fit=BASELINE.fit, **EPOCH)
 
 
 def torch_epoch(x, y, max_steps=None):
@@ -204,6 +217,8 @@ def main():
     # warm-up: imports, allocator, BLAS thread pools, torch's kernels
     bnbook_epoch(data, max_steps=100)
     torch_epoch(xt, yt, max_steps=100)
+    if BASELINE:
+        baseline_epoch(data, max_steps=100)
     numpy_matmul_epoch(50)
     torch_matmul_epoch(50)
 
@@ -213,6 +228,8 @@ def main():
         "numpy matmuls": lambda: (numpy_matmul_epoch(steps), None),
         "torch matmuls": lambda: (torch_matmul_epoch(steps), None),
     }
+    if BASELINE:
+        contenders["baseline"] = lambda: baseline_epoch(data)
     names = list(contenders)
     times = {name: [] for name in names}
     losses = {name: [] for name in names}
@@ -238,6 +255,10 @@ def main():
         print(f"  {lib:5s} {gflop / t:6.1f} GFLOP/s -> {t:.3f} s per epoch")
     print(f"bnbook epoch / matmul floor: {med['bnbook'] / floor:.2f}  "
           f"(torch: {med['torch'] / floor:.2f})")
+    if BASELINE:
+        print(f"baseline: {os.path.dirname(BASELINE.__file__)}; median {med['baseline']:.3f} s, "
+              f"loss {losses['baseline'][0]:.4f}; ratio bnbook/baseline: "
+              f"{med['bnbook'] / med['baseline']:.3f}")
     print(f"ratio bnbook/torch: {med['bnbook'] / med['torch']:.2f}")
 
 
