@@ -20,6 +20,7 @@ __all__ = [
     "check_momentum",
     "check_finite",
     "check_dtype",
+    "check_images",
 ]
 
 
@@ -105,3 +106,16 @@ def check_dtype(x: np.ndarray, dtype, who: str) -> None:
             f"{who} holds {dtype} parameters but x has dtype {x.dtype}; convert x with "
             f"x.astype(np.{dtype}) or build the layer with dtype=np.{x.dtype}"
         )
+
+
+def check_images(x, who: str, channels: int | None = None) -> np.ndarray:
+    """``x`` as a floating batch of images (N, C, H, W), with ``channels``
+    channels unless None; a ValueError naming ``who`` otherwise."""
+    x = as_float(x)
+    if x.ndim != 4:
+        raise ValueError(f"{who} expects a 4-D batch of images (N, C, H, W); "
+                         f"got an array of rank {x.ndim} with shape {x.shape}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{who} expects {channels} channels (axis 1 of (N, C, H, W)); "
+                         f"got shape {x.shape}")
+    return x

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .checks import check_images
 from .layers import Layer, init_weights
 
 __all__ = [
@@ -41,19 +42,6 @@ __all__ = [
     "AvgPool2d",
     "Flatten",
 ]
-
-
-def _check_images(x, who: str, channels: int | None = None) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"{who} expects a 4-D batch of images (N, C, H, W); "
-                         f"got an array of rank {x.ndim} with shape {x.shape}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{who} expects {channels} channels (axis 1 of (N, C, H, W)); "
-                         f"got shape {x.shape}")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
-    return x
 
 
 def _out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -128,7 +116,7 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0):
         statistics of batch norm read it that way.
     cache : :class:`ConvCache` for :func:`conv2d_backward`.
     """
-    x = _check_images(x, "conv2d")
+    x = check_images(x, "conv2d")
     w = np.asarray(w)
     if w.ndim != 4:
         raise ValueError(f"conv2d expects filters of shape (F, C, kh, kw); got shape {w.shape}")
@@ -179,6 +167,8 @@ class Conv2d(Layer):
     its role).
     """
 
+    param_names = ("W", "b")
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, pad: int = 0, bias: bool = True, rng=None, dtype=np.float32):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -191,14 +181,8 @@ class Conv2d(Layer):
         self.b = np.zeros(self.out_channels, dtype=dtype) if bias else None
         self.db = np.zeros_like(self.b) if bias else None
 
-    def params(self):
-        p = [("W", self.W, self.dW)]
-        if self.b is not None:
-            p.append(("b", self.b, self.db))
-        return p
-
     def forward(self, x):
-        x = _check_images(x, "Conv2d", self.in_channels)
+        x = check_images(x, "Conv2d", self.in_channels)
         out, self._saved = conv2d_forward(x, self.W, self.b, self.stride, self.pad)
         return out
 
@@ -218,7 +202,7 @@ class Conv2d(Layer):
 
 def _pool_windows(x, who: str):
     """The 2x2 windows of ``x`` (N, C, H, W) as a (C, N, H/2, 2, W/2, 2) array."""
-    x = _check_images(x, who)
+    x = check_images(x, who)
     n, c, h, w = x.shape
     if h % 2 or w % 2:
         raise ValueError(f"{who} (2x2, stride 2) needs an even height and width; got {h}x{w}")

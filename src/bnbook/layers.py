@@ -57,6 +57,8 @@ class Layer:
 
     training = True
     _saved = None
+    #: names of the parameter attributes; the gradient of ``p`` is in ``dp``
+    param_names: tuple = ()
 
     def forward(self, x):
         raise NotImplementedError
@@ -65,7 +67,9 @@ class Layer:
         raise NotImplementedError
 
     def params(self) -> list:
-        return []
+        """``(name, value, gradient)`` for each name in ``param_names`` whose value is not None."""
+        return [(name, getattr(self, name), getattr(self, "d" + name))
+                for name in self.param_names if getattr(self, name) is not None]
 
     def train(self, mode: bool = True):
         self.training = bool(mode)
@@ -116,6 +120,8 @@ class Linear(Layer):
     norm, whose shift ``beta`` makes a bias redundant).
     """
 
+    param_names = ("W", "b")
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str = "he", gain: float = 1.0, rng=None, dtype=np.float32):
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -123,12 +129,6 @@ class Linear(Layer):
         self.dW = np.zeros_like(self.W)
         self.b = np.zeros(self.out_features, dtype=dtype) if bias else None
         self.db = np.zeros_like(self.b) if bias else None
-
-    def params(self):
-        p = [("W", self.W, self.dW)]
-        if self.b is not None:
-            p.append(("b", self.b, self.db))
-        return p
 
     def forward(self, x):
         x = check_batch(x, self.in_features, name="Linear's input x")

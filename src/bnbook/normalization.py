@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import (check_batch, check_dtype, check_eps, check_finite,
+from .checks import (check_batch, check_dtype, check_eps, check_finite, check_images,
                      check_momentum, check_param)
 from .layers import Layer, Sequential, in_mode, iter_layers, layer_inputs
 
@@ -206,6 +206,8 @@ class _Normalization(Layer):
     (ones) and shift ``beta`` (zeros) of shape (num_features,), and their
     gradients ``dgamma``, ``dbeta``, written by ``backward``."""
 
+    param_names = ("gamma", "beta")
+
     def __init__(self, num_features: int, eps: float = 1e-5, dtype=np.float32,
                  min_features: int = 1):
         if isinstance(num_features, bool) or int(num_features) != num_features \
@@ -220,9 +222,6 @@ class _Normalization(Layer):
         self.dgamma = np.zeros_like(self.gamma)
         self.dbeta = np.zeros_like(self.beta)
 
-    def params(self) -> list:
-        return [("gamma", self.gamma, self.dgamma), ("beta", self.beta, self.dbeta)]
-
     def _check_dout(self, dout, shape) -> np.ndarray:
         dout = np.asarray(dout)
         if dout.shape != shape:
@@ -231,13 +230,7 @@ class _Normalization(Layer):
 
 
 def _check_images(x, channels: int, dtype, who: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"{who} expects a 4-D batch of images (N, C, H, W); "
-                         f"got an array of rank {x.ndim} with shape {x.shape}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{who} expects {channels} channels (axis 1 of (N, C, H, W)); "
-                         f"got shape {x.shape}")
+    x = check_images(x, who, channels)
     check_dtype(x, dtype, who)
     return x
 
