@@ -11,7 +11,8 @@ Every layer of the package subclasses :class:`Layer` and keeps its contract
   arrays ``params()`` returned; called before a forward pass it raises a
   ``RuntimeError``;
 * ``params()`` lists ``(name, value, gradient)`` triples of the layer's own
-  arrays, which an optimizer updates in place;
+  arrays, which an optimizer updates in place (by default those named in
+  ``param_names``, the gradient of ``p`` being ``dp``);
 * ``train(mode=True)`` / ``eval()`` set ``training`` and return the layer;
 * ``release()`` drops what ``forward`` kept (an evaluation needs no backward).
 
