@@ -9,9 +9,10 @@ everything else is exact or float64 to 1e-13.
 import numpy as np
 import pytest
 
+from bnbook.chapters.ch6_mnist import ArticleBatchNorm1d
+from bnbook.checks import check_momentum
 from bnbook.normalization import BatchNorm1d
 from bnbook.optimizers import SGD
-from bnbook.checks import check_momentum
 
 BATCH_SIZES = [2, 5, 16, 3, 32, 7, 64]
 
@@ -86,7 +87,7 @@ def test_first_batch_replaces_the_initial_statistics_entirely():
 
 def test_cumulative_average_with_biased_running_variance():
     xs = batches(seed=4)
-    bn = BatchNorm1d(6, momentum=None, dtype=np.float64, unbiased_running_var=False)
+    bn = ArticleBatchNorm1d(6, momentum=None, dtype=np.float64, unbiased_running_var=False)
     for x in xs:
         bn.forward(x)
     np.testing.assert_allclose(bn.running_var, np.mean([b.var(axis=0) for b in xs], axis=0), rtol=1e-13)
@@ -125,7 +126,7 @@ def test_check_momentum_refuses_none_unless_allowed():
     with pytest.raises(ValueError, match="momentum must be a number here; got None"):
         check_momentum(None)
     with pytest.raises(ValueError, match="momentum must be a number here"):
-        SGD(None, lr=0.1, momentum=None)   # the optimizer's momentum has no "None"
+        SGD(BatchNorm1d(3), lr=0.1, momentum=None)   # the optimizer's momentum has no "None"
     assert check_momentum(None, allow_none=True) is None
     assert check_momentum(0.25, allow_none=True) == 0.25
 
