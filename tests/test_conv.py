@@ -98,10 +98,13 @@ def test_small_cnn_gradients_match_numerical_gradients():
 
 def test_first_layer_can_skip_the_input_gradient():
     rng = np.random.default_rng(5)
-    layer = Conv2d(1, 2, 3, input_grad=False, rng=0)
+    layer = Conv2d(1, 2, 3, rng=0)
     out = layer.forward(rng.standard_normal((2, 1, 5, 5)).astype(np.float32))
-    assert layer.backward(np.ones_like(out)) is None
+    assert layer.backward(np.ones_like(out), need_input_grad=False) is None
     assert np.any(layer.dW != 0)
+    dw = layer.dW.copy()  # the parameter gradients are the same either way
+    assert layer.backward(np.ones_like(out)).shape == (2, 1, 5, 5)
+    np.testing.assert_array_equal(layer.dW, dw)
 
 
 def test_conv2d_layer_keeps_float32():

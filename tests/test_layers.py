@@ -8,7 +8,7 @@ import pytest
 from bnbook.normalization import BatchNorm1d
 from bnbook.gradcheck import check_layer_gradients, numerical_gradient, relative_error
 from bnbook.optimizers import SGD
-from bnbook.layers import Layer, Linear, ReLU, Sequential, Sigmoid, init_weights
+from bnbook.layers import Layer, Linear, ReLU, Sequential, Sigmoid, Tanh, init_weights
 from bnbook.losses import SoftmaxCrossEntropy, softmax_cross_entropy
 from bnbook.models import build_mlp
 
@@ -49,7 +49,7 @@ def test_linear_rejects_wrong_input_shape():
     lin = Linear(3, 2)
     with pytest.raises(ValueError, match=r"shape \(m, 3\)"):
         lin.forward(np.ones((4, 5), dtype=np.float32))
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match=r"needs a forward\(\) first"):
         Linear(3, 2).backward(np.ones((4, 2)))
 
 
@@ -288,8 +288,9 @@ def test_build_mlp_options():
     assert net[1].momentum == 0.3 and net[1].eps == 1e-3
     ref = init_weights(5, 4, "normal", gain=2.0, rng=np.random.default_rng(0), dtype=np.float64)
     np.testing.assert_array_equal(net[0].W, ref)
+    assert isinstance(build_mlp([5, 4, 3], activation="tanh")[1], Tanh)
     with pytest.raises(ValueError, match="activation"):
-        build_mlp([5, 4, 3], activation="tanh")
+        build_mlp([5, 4, 3], activation="softsign")
 
 
 class OneParam:
@@ -361,30 +362,38 @@ def test_running_stats_kept_undoes_training_mode_forward_passes():
     assert np.array_equal(net[1].running_var, before_var)
 
 
-def test_sequential_gives_need_input_grad_to_a_first_layer_whose_backward_takes_it():
-    """The protocol's need_input_grad reaches the first layer when its backward
-    accepts it (a Linear then skips dx), and a layer whose backward takes only
-    dout still works first in a network (no isinstance test decides)."""
-    from bnbook.checks import accepts_need_input_grad
+def test_sequential_gives_need_input_grad_to_its_first_layer_only():
+    """need_input_grad reaches the first layer (a Linear then skips dx, a
+    network's input needs none); every later layer is asked for its dx."""
 
-    class Scale(Layer):  # a layer written against the protocol's minimum
+    class Scale(Layer):  # records the need_input_grad it is given
+        def __init__(self):
+            self.asked = []
+
         def forward(self, x):
+            self._saved = True
             return 2.0 * x
 
-        def backward(self, dout):
+        def backward(self, dout, need_input_grad=True):
+            self._saved_for_backward()
+            self.asked.append(need_input_grad)
             return 2.0 * dout
 
     rng = np.random.default_rng(0)
     x, dout = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
     lin = Linear(3, 2, rng=0, dtype=np.float64)
-    assert accepts_need_input_grad(lin) and not accepts_need_input_grad(Scale())
     net = Sequential(lin)
     net.forward(x)
     assert net.backward(dout, need_input_grad=False) is None
-    net = Sequential(Scale(), Linear(3, 2, rng=0, dtype=np.float64))
+    np.testing.assert_allclose(lin.dW, x.T @ dout, rtol=1e-14)  # the parameter gradients all the same
+    first, last = Scale(), Scale()
+    net = Sequential(first, Linear(3, 2, rng=0, dtype=np.float64), last)
     net.forward(x)
     np.testing.assert_allclose(net.backward(dout, need_input_grad=False),
-                               2.0 * dout @ net[1].W.T, rtol=1e-15, atol=0)
+                               4.0 * dout @ net[1].W.T, rtol=1e-15, atol=0)
+    assert first.asked == [False] and last.asked == [True]
+    net.backward(dout)
+    assert first.asked == [False, True] and last.asked == [True, True]
 
 
 def test_layer_inputs_are_what_each_layer_receives_in_eval_mode():
