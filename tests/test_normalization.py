@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from bnbook import BatchNorm1d, numerical_gradient, relative_error
+from bnbook.checks import NonFiniteError
 from bnbook.convolution import conv2d_forward
-from bnbook.normalization import (BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d, fold_batchnorm, normalize, normalize_backward, recompute_bn_statistics, statistic_groups)
+from bnbook.normalization import (BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm2d, fold_batchnorm, normalize,
+                                  normalize_backward, recompute_bn_statistics, statistic_groups)
 
 # Relative error of a correct float64 gradient with h = 1e-5. Each numerical
 # derivative sums 360 outputs, which leaves about 1e-9 of rounding noise, and
@@ -74,9 +76,13 @@ def test_normalize_backward_matches_numerical_gradient_for_any_axes():
     x = rng.normal(0.0, 3.0, (4, 3, 5))
     dxhat = rng.standard_normal(x.shape)
     for axes in [(0,), (1, 2), (0, 2), (0, 1, 2)]:
-        _, cache = normalize(x, axes)
+        xhat, cache = normalize(x, axes)
         num = numerical_gradient(lambda v, axes=axes: normalize(v, axes)[0], x, dxhat)
-        assert relative_error(normalize_backward(dxhat, cache), num) < GRAD_TOL
+        dx, sum_g, sum_g_xhat = normalize_backward(dxhat, cache)
+        assert relative_error(dx, num) < GRAD_TOL
+        # the two sums over the normalized axes, kept as size 1 (batch norm's dbeta and dgamma)
+        np.testing.assert_allclose(sum_g, dxhat.sum(axis=axes, keepdims=True), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sum_g_xhat, (dxhat * xhat).sum(axis=axes, keepdims=True), rtol=1e-12, atol=1e-12)
 
 
 def test_batchnorm2d_equals_batchnorm1d_on_the_reshape():
@@ -117,7 +123,7 @@ def test_per_sample_norms_ignore_the_rest_of_the_batch():
         np.testing.assert_allclose(layer.forward(x)[1:2], layer.forward(x[1:2]), rtol=0, atol=1e-15)
 
 
-def test_fold_batchnorm2d_into_the_convolution_gives_the_same_outputs():
+def test_fold_batchnorm_into_the_convolution_gives_the_same_outputs():
     rng = np.random.default_rng(6)
     w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     bn = with_random_affine(BatchNorm2d(4, dtype=np.float64), rng)
@@ -165,21 +171,28 @@ def test_wrong_channel_count_is_refused():
 
 
 def test_one_value_per_channel_in_training_is_refused():
-    with pytest.raises(ValueError, match="single value per channel"):
-        BatchNorm2d(3).forward(np.ones((1, 3, 1, 1)))
+    # BatchNorm2d is BatchNorm1d on the (N*H*W, C) rows: one image of 1 x 1 is one row
+    with pytest.raises(ValueError, match="at least 2"):
+        BatchNorm2d(3).forward(np.ones((1, 3, 1, 1), dtype=np.float32))
     with pytest.raises(ValueError, match="single value per group"):
-        InstanceNorm2d(3).forward(np.ones((5, 3, 1, 1)))
+        InstanceNorm2d(3).forward(np.ones((5, 3, 1, 1), dtype=np.float32))
     bn = BatchNorm2d(3).eval()
     assert bn.forward(np.ones((1, 3, 1, 1), dtype=np.float32)).shape == (1, 3, 1, 1)
 
 
 def test_non_finite_input_is_refused():
-    x = np.ones((2, 3, 2, 2))
+    x = np.ones((2, 3, 2, 2), dtype=np.float32)
     x[0, 1, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         BatchNorm2d(3).forward(x)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         GroupNorm(3, 3).forward(x)
+
+
+def test_input_of_another_dtype_is_refused_naming_both():
+    for layer in (BatchNorm2d(3), GroupNorm(3, 3), LayerNorm2d(3), InstanceNorm2d(3)):
+        with pytest.raises(ValueError, match="float32.*float64"):
+            layer.forward(np.ones((2, 3, 2, 2)))
 
 
 # --------------------------------------------------------------------------
@@ -236,7 +249,7 @@ def test_per_sample_norms_equal_torch_float64(kind):
     np.testing.assert_allclose(ours.dbeta, bt.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_recompute_bn2d_statistics_gives_population_statistics():
+def test_recompute_bn_statistics_gives_population_statistics_of_images():
     from bnbook import Sequential
     from bnbook.convolution import Conv2d
 
