@@ -4,9 +4,14 @@ import copy
 import numpy as np
 import pytest
 
-from bnbook import build_mlp, numerical_gradient, relative_error
+from bnbook import build_mlp, fit, numerical_gradient, relative_error
 from bnbook.normalization import FrozenBatchNorm1d, freeze_batchnorm
-from bnbook.chapters.ch5_statistics import train_on_batches
+
+
+def train_on_batches(model, x, y, batches, lr):
+    """One pass of SGD over ``batches`` (index arrays), in order; the loss of each."""
+    return fit(model, (x, y), epochs=1, lr=lr, batches=lambda epoch, rng: batches,
+               progress=False).batch_loss
 
 
 def _trained_net(seed=0):

@@ -1,13 +1,15 @@
-"""Tests of bnbook.chapters.ch5_statistics: running averages, conventions, population statistics."""
+"""Chapter 5's statistics: running averages and momentum conventions
+(bnbook.chapters.ch5_statistics), population statistics
+(bnbook.normalization.recompute_bn_statistics), accuracy with batch statistics,
+and fit on batches given in order (what chapter 5's train_on_batches did)."""
 
 import numpy as np
 import pytest
 
-from bnbook import BatchNorm1d, build_mlp, evaluate
-from bnbook.training import accuracy_with_batch_statistics
+from bnbook import BatchNorm1d, build_mlp, evaluate, fit, softmax_cross_entropy
+from bnbook.chapters.ch5_statistics import ema, ema_startup_bias, half_life, keras_to_pytorch, pytorch_to_keras
 from bnbook.normalization import bn_inputs, bn_layers, recompute_bn_statistics
-from bnbook.chapters.ch5_statistics import (ema, ema_startup_bias, half_life, keras_to_pytorch, pytorch_to_keras)
-from bnbook.chapters.ch5_statistics import train_on_batches
+from bnbook.training import accuracy_with_batch_statistics
 
 
 def test_ema_matches_closed_form_and_conventions():
@@ -95,10 +97,15 @@ def test_batch_statistics_accuracy_leaves_model_unchanged():
     assert abs(full - evaluate(net, x, y)) <= 0.02
 
 
-def test_train_on_batches_runs_in_given_order():
+def test_fit_with_given_batches_trains_on_them_in_order():
     net, x, y = _net(4)
     order = [np.arange(i, i + 32) for i in range(0, 256, 32)]
-    losses = train_on_batches(net, x, y, order, lr=0.05)
-    assert losses.shape == (8,) and np.all(np.isfinite(losses))
+    first_loss, _ = softmax_cross_entropy(build_mlp([6, 5, 4, 3], batchnorm=True, seed=4, dtype=np.float64)
+                                          .forward(x[order[0]]), y[order[0]])
+    hist = fit(net, (x, y), epochs=1, lr=0.05, batches=lambda epoch, rng: order, progress=False)
+    losses = np.array(hist.batch_loss)
+    assert losses.shape == (8,) and np.all(np.isfinite(losses)) and hist.steps == 8
+    assert losses[0] == first_loss  # the first batch given is the first trained on
     net2, _, _ = _net(4)
-    np.testing.assert_allclose(train_on_batches(net2, x, y, order, lr=0.05), losses, rtol=1e-12)
+    again = fit(net2, (x, y), epochs=1, lr=0.05, batches=lambda epoch, rng: order, progress=False)
+    np.testing.assert_allclose(again.batch_loss, losses, rtol=1e-12)
