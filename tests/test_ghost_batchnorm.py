@@ -1,14 +1,16 @@
-"""Ghost batch norm: BatchNorm1d(ghost_batch_size=g) and the functions behind it (chapter 7)."""
+"""Ghost batch norm: BatchNorm1d(ghost_batch_size=g), whose backward is the
+ghost batch norm's gradient, and ghost_batchnorm_forward (chapter 7)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bnbook.normalization import BatchNorm1d, ghost_batchnorm_forward
-from bnbook.batchnorm import batchnorm_backward, batchnorm_forward, ghost_batchnorm_backward
+from bnbook.batchnorm import batchnorm_backward, batchnorm_forward
+from bnbook.chapters.ch6_mnist import ArticleBatchNorm1d
 from bnbook.gradcheck import numerical_gradient, relative_error
 from bnbook.layers import Linear, Sequential
 from bnbook.losses import softmax_cross_entropy
+from bnbook.normalization import BatchNorm1d, ghost_batchnorm_forward
 
 
 def _data(m=12, d=5, seed=0):
@@ -22,17 +24,26 @@ def test_ghost_forward_and_backward_equal_batchnorm_on_each_group(g):
     # split (strided, or transposed) would normalize other rows together and fail
     x, gamma, beta, dout = _data()
     out, cache = ghost_batchnorm_forward(x, gamma, beta, g)
-    dx, dgamma, dbeta = ghost_batchnorm_backward(dout, cache)
+    bn = BatchNorm1d(5, dtype=np.float64, ghost_batch_size=g)
+    bn.gamma[...], bn.beta[...] = gamma, beta
+    np.testing.assert_allclose(bn.forward(x), out, rtol=0, atol=1e-12)
+    dx = bn.backward(dout)
+    assert bn.batch_stats.mean.shape == bn.batch_stats.var.shape == (12 // g, 5) and bn.batch_stats.count == g
+    assert cache.mu.shape == cache.var.shape == (12 // g, 1, 5)
     ref_dgamma, ref_dbeta = np.zeros(5), np.zeros(5)
-    for a in range(0, 12, g):
+    for k, a in enumerate(range(0, 12, g)):
         ref_out, ref_cache = batchnorm_forward(x[a:a + g], gamma, beta)
         ref_dx, dg, db = batchnorm_backward(dout[a:a + g], ref_cache)
         np.testing.assert_allclose(out[a:a + g], ref_out, rtol=0, atol=1e-12)
         np.testing.assert_allclose(dx[a:a + g], ref_dx, rtol=0, atol=1e-12)
+        for stats in (cache.mu[k, 0], bn.batch_stats.mean[k]):
+            np.testing.assert_allclose(stats, ref_cache.mu.reshape(-1), rtol=1e-12, atol=1e-12)
+        for stats in (cache.var[k, 0], bn.batch_stats.var[k]):
+            np.testing.assert_allclose(stats, ref_cache.var.reshape(-1), rtol=1e-12, atol=1e-12)
         ref_dgamma += dg
         ref_dbeta += db
-    np.testing.assert_allclose(dgamma, ref_dgamma, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(dbeta, ref_dbeta, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bn.dgamma, ref_dgamma, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bn.dbeta, ref_dbeta, rtol=0, atol=1e-12)
 
 
 def test_ghost_groups_are_consecutive_rows_not_strided():
@@ -118,7 +129,8 @@ def test_ghost_eval_mode_is_the_plain_eval():
 def test_ghost_param_grads_sum_scales_by_the_whole_batch():
     x, _, _, dout = _data(m=8, d=3, seed=5)
     mean_bn = BatchNorm1d(3, dtype=np.float64, ghost_batch_size=2)
-    sum_bn = BatchNorm1d(3, dtype=np.float64, ghost_batch_size=2, param_grads="sum")
+    sum_bn = ArticleBatchNorm1d(3, eps=1e-5, dtype=np.float64, param_grads="sum")
+    sum_bn.ghost_batch_size = 2
     mean_bn.forward(x), sum_bn.forward(x)
     np.testing.assert_allclose(sum_bn.backward(dout), mean_bn.backward(dout), rtol=0, atol=0)
     np.testing.assert_allclose(sum_bn.dgamma, 8 * mean_bn.dgamma, rtol=1e-15)
@@ -148,10 +160,13 @@ def test_ghost_refuses_a_group_size_that_is_not_an_int(g):
 
 
 def test_ghost_backward_refuses_dout_of_another_shape():
-    x, gamma, beta, _ = _data()
-    _, cache = ghost_batchnorm_forward(x, gamma, beta, 3)
-    with pytest.raises(ValueError, match="dout must have the shape of x"):
-        ghost_batchnorm_backward(np.ones((12, 4)), cache)
+    x, _, _, _ = _data()
+    bn = BatchNorm1d(5, dtype=np.float64, ghost_batch_size=3)
+    bn.forward(x)
+    with pytest.raises(ValueError, match=r"dout must have the shape of the last x \(12, 5\)"):
+        bn.backward(np.ones((12, 4)))
+    with pytest.raises(ValueError, match="dout must have the shape of the last x"):
+        bn.backward(np.ones((4, 3, 5)))  # the ghost view itself is not a valid dout
 
 
 def test_ghost_repr_names_the_option():
