@@ -9,15 +9,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from bnbook import plots  # noqa: E402
-from bnbook.models import build_mlp  # noqa: E402
 from bnbook.chapters.ch1_inputs import (LeastSquares, PreactivationRecorder, activation_conditioning,  # noqa: E402
-                               condition_number, distribution_drift, hidden_activations,
-                               drift_network, fix_eigenvector_signs, gradient_descent,
-                               make_correlated_features,
-                               make_linear_targets, make_scaled_features, make_teacher_data,
-                               min_max_scale, standardize, steps_bound, whiten,
-                               with_intercept)
-from bnbook.train import fit  # noqa: E402
+                                        condition_number, distribution_drift, drift_network,
+                                        fix_eigenvector_signs, gradient_descent, hidden_activations,
+                                        make_correlated_features, make_linear_targets, make_scaled_features,
+                                        make_teacher_data, min_max_scale, standardize, steps_bound, whiten,
+                                        with_intercept)
+from bnbook.models import build_mlp  # noqa: E402
+from bnbook.training import fit  # noqa: E402
 
 
 @pytest.fixture
