@@ -8,7 +8,8 @@ order) unless stated."""
 import numpy as np
 
 from bnbook import build_mlp, fit
-from bnbook.chapters.ch5_statistics import (BatchStatsRecorder, format_precise_table, input_mean_and_cov, precise_bn, replay_running_stats, running_vs_precise)
+from bnbook.chapters.ch5_statistics import (BatchStatsRecorder, format_precise_table, input_mean_and_cov, precise_bn,
+                                            replay_running_stats, running_vs_precise)
 from bnbook.normalization import bn_inputs, bn_layers
 
 from conftest import make_blobs
@@ -26,7 +27,9 @@ def trained(momentum, recorder=None, steps=20):
 def test_replay_gives_the_running_averages_of_every_momentum_from_one_run():
     rec = BatchStatsRecorder()
     net, _ = trained(0.1, rec)
-    assert rec.model is net and rec.steps == 20 and len(rec.mu[0]) == 2
+    assert rec.model is net and rec.steps == 20 and len(rec.stats[0]) == 2  # 20 steps, 2 BN layers
+    first = rec.stats[0][0]                    # step 1, first BN layer: one group of 16 rows
+    assert first.mean.shape == first.var.shape == (1, 16) and first.count == 16
     for momentum in (0.1, 0.7, None):
         other, _ = trained(momentum)           # same seed, same weights: only the averages differ
         for bn, (mean, var) in zip(bn_layers(other), replay_running_stats(rec, momentum), strict=True):
