@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from bnbook.chapters.ch6_mnist import (ARTICLE, BOOK, LABELS, ArticleBatchNorm1d, best_lr, format_runs, paper_experiment,
+                                       percentile_drift, run_pair, train_net)
 from bnbook.normalization import BatchNorm1d
-from bnbook.chapters.ch6_mnist import (ARTICLE, BOOK, LABELS, best_lr, format_runs, paper_experiment, percentile_drift, run_pair, train_net)
 from bnbook.layers import Linear
 from bnbook.training import History
 
@@ -63,8 +64,9 @@ def test_article_recipe_builds_the_articles_networks():
         train_net(data, name, progress=False, callback=grab(name), callback_every=1000, **kw)
     bn, plain = models["BN"], models["plain"]
     bns = [layer for layer in bn.layers if isinstance(layer, BatchNorm1d)]
-    assert len(bns) == 2 and all(layer.eps == 1e-12 and layer.param_grads == "sum"
-                                 and not layer.unbiased_running_var for layer in bns)
+    assert len(bns) == 2 and all(isinstance(layer, ArticleBatchNorm1d) for layer in bns)
+    assert all(layer.eps == 1e-12 and layer.param_grads == "sum" and not layer.unbiased_running_var
+               for layer in bns)
     assert all(layer.b is None for layer in bn.layers if isinstance(layer, Linear))
     assert all(layer.b is not None for layer in plain.layers if isinstance(layer, Linear))
     assert not any(isinstance(layer, BatchNorm1d) for layer in plain.layers)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from bnbook.gradcheck import (check_layer_gradients, check_random_direction, check_sampled_entries, numerical_gradient, relative_error)
+from bnbook.gradcheck import (check_layer_gradients, check_random_direction, check_sampled_entries, numerical_gradient,
+                              relative_error)
 from bnbook.layers import Linear, Sequential
 from bnbook.models import build_mlp
 from bnbook.losses import softmax_cross_entropy

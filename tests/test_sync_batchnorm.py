@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bnbook.batchnorm import batchnorm_backward, batchnorm_forward
-from bnbook.sync_batchnorm import (CommLog, all_reduce, chan_combine, sync_batch_stats, sync_batchnorm_backward, sync_batchnorm_forward)
+from bnbook.sync_batchnorm import (CommLog, all_reduce, chan_combine, sync_batch_stats, sync_batchnorm_backward,
+                                   sync_batchnorm_forward)
 
 TOL = 1e-12
 
