@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from bnbook.checks import NonFiniteError
 from bnbook.layers import Layer
 from bnbook.models import build_mlp
-from bnbook.checks import NonFiniteError
 from bnbook.training import History, eval_outputs, evaluate, fit, predict
 
 SIZES = [20, 32, 2]
@@ -170,6 +170,33 @@ def test_sum_reduction_with_lr_over_batch_size_matches_mean_reduction(data):
     assert total.test_acc == mean.test_acc
 
 
+def test_fit_on_training_data_alone_records_every_batch_loss_and_no_test_accuracy(data):
+    x_train, y_train = data[0], data[1]
+    hist = fit(build_mlp(SIZES, seed=0), (x_train, y_train), epochs=2, lr=0.1, batch_size=30,
+               progress=False)
+    assert hist.test_acc == [] and len(hist.train_loss) == 2
+    assert len(hist.batch_loss) == hist.steps == 2 * 14     # 400 = 13 * 30 + 10: 14 batches an epoch
+    # an epoch's train loss is the mean of its batch losses
+    np.testing.assert_allclose(hist.train_loss, [np.mean(hist.batch_loss[:14]), np.mean(hist.batch_loss[14:])],
+                               rtol=1e-12)
+    # the same run with the full data tuple: the same losses
+    full = fit(build_mlp(SIZES, seed=0), data, epochs=2, lr=0.1, batch_size=30, progress=False)
+    assert full.batch_loss == hist.batch_loss and len(full.test_acc) == 2
+
+
+def test_fit_with_an_optimizer_equals_fit_with_its_learning_rate(data):
+    from bnbook.optimizers import SGD
+
+    a, b = build_mlp(SIZES, seed=0), build_mlp(SIZES, seed=0)
+    by_lr = fit(a, data, epochs=1, lr=0.1, momentum=0.9, batch_size=20, progress=False)
+    by_opt = fit(b, data, SGD(b, lr=0.1, momentum=0.9), epochs=1, batch_size=20, progress=False)
+    assert by_lr.batch_loss == by_opt.batch_loss
+    with pytest.raises(ValueError, match="not both"):
+        fit(b, data, SGD(b, lr=0.1), epochs=1, lr=0.1, progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        fit(b, data, epochs=1, progress=False)
+
+
 def test_fit_rejects_bad_arguments(data):
     x_train, y_train, x_test, y_test = data
     model = build_mlp(SIZES, seed=0)
@@ -236,9 +263,8 @@ def test_an_evaluation_leaves_no_backward_cache_in_the_layers():
     x, y = rng.random((40, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 40)
     model = build_cnn("batch", seed=0)
     fit(model, (x, y, x, y), epochs=1, lr=0.1, batch_size=20, progress=False)   # ends with an evaluation
-    kept = {(type(layer).__name__, name) for layer in model.layers
-            for name in ("_cache", "_x", "_mask", "_first") if getattr(layer, name, None) is not None}
-    assert kept == set()          # chapter 9 keeps twelve trained CNNs: 0.3 GB each otherwise
+    kept = [type(layer).__name__ for layer in model.layers if layer._saved is not None]
+    assert kept == []             # chapter 9 keeps twelve trained CNNs: 0.3 GB each otherwise
     model.train()
     out = model.forward(x[:4])    # training still works after it
     model.backward(np.ones_like(out))
