@@ -264,10 +264,6 @@ def test_sgd_rejects_a_negative_weight_decay():
         _decay_weights(build_mlp([6, 4, 3]), lr=0.1, weight_decay=-1.0)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="package bug: fit trains 0 steps and records a NaN loss, silently, when "
-                          "drop_last=True leaves no batch (train_sgd refused this)")
-@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
 def test_training_on_fewer_samples_than_one_batch_is_refused():
     x, y = _data(n=10)
     with pytest.raises(ValueError, match="batch"):

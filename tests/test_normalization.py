@@ -171,8 +171,7 @@ def test_wrong_channel_count_is_refused():
 
 
 def test_one_value_per_channel_in_training_is_refused():
-    # BatchNorm2d is BatchNorm1d on the (N*H*W, C) rows: one image of 1 x 1 is one row
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="single value per channel"):
         BatchNorm2d(3).forward(np.ones((1, 3, 1, 1), dtype=np.float32))
     with pytest.raises(ValueError, match="single value per group"):
         InstanceNorm2d(3).forward(np.ones((5, 3, 1, 1), dtype=np.float32))

@@ -357,10 +357,15 @@ class BatchNorm1d(_Normalization):
         self.running_var *= 1.0 - f
         self.running_var += (f * self.running_var_correction(count)) * var
 
+    def release(self) -> None:
+        super().release()
+        self._workspace = _Workspace()    # its arrays are the size of the last batch
+
     def backward(self, dout, need_input_grad: bool = True):
         """Backward of the last training forward: returns dx (m, d) and writes
         ``dgamma`` and ``dbeta``. dx is always computed."""
         cache = self._saved_for_backward()
+        dout = np.asarray(dout)
         g = self._check_dout(dout, (cache.xhat.size // self.num_features, self.num_features))
         if g.dtype.kind != "f":
             g = g.astype(np.float64)
@@ -410,6 +415,11 @@ class BatchNorm2d(BatchNorm1d):
 
     def forward(self, x):
         x = _check_images(x, self.num_features, self.dtype, "BatchNorm2d")
+        n, _, h, w = x.shape
+        if self.training and n * h * w < 2:
+            raise ValueError(f"BatchNorm2d in training mode would normalize a single value per "
+                             f"channel (input shape {x.shape}): its variance is 0 and every output "
+                             "would equal beta. Use eval mode, a larger batch or larger images")
         self._shape = x.shape
         return _images(super().forward(_rows(x)), x.shape)
 

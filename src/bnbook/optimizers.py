@@ -28,7 +28,7 @@ class SGD:
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        defaults = self._checked(dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         if hasattr(params, "params"):
             params = params.params()
         params = list(params)
@@ -40,20 +40,24 @@ class SGD:
             if unknown:
                 raise ValueError(f"unknown optimizer option(s) {sorted(unknown)}; "
                                  f"use {sorted(defaults)}")
-            g = defaults | group
-            if not g["lr"] > 0:
-                raise ValueError(f"learning rate must be positive; got {g['lr']!r}")
-            if not g["weight_decay"] >= 0:
-                raise ValueError(f"weight_decay must be >= 0; got {g['weight_decay']!r}")
-            g["momentum"] = check_momentum(g["momentum"], upper_open=True)
+            g = self._checked(defaults | group)
             g["params"] = list(g["params"])
             self.groups.append(g)
+        self.defaults = defaults
         self._velocity: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _checked(group: dict) -> dict:
+        if not group["lr"] > 0:
+            raise ValueError(f"learning rate must be positive; got {group['lr']!r}")
+        if not group["weight_decay"] >= 0:
+            raise ValueError(f"weight_decay must be >= 0; got {group['weight_decay']!r}")
+        return group | {"momentum": check_momentum(group["momentum"], upper_open=True)}
 
     @property
     def lr(self) -> float:
-        """The learning rate of the first group."""
-        return self.groups[0]["lr"]
+        """The default learning rate (a group may override it)."""
+        return self.defaults["lr"]
 
     def step(self) -> None:
         for group in self.groups:
@@ -69,5 +73,5 @@ class SGD:
                 p -= lr * g
 
     def __repr__(self) -> str:
-        g = self.groups[0]
+        g = self.defaults
         return f"SGD(lr={g['lr']:g}, momentum={g['momentum']:g}, weight_decay={g['weight_decay']:g})"

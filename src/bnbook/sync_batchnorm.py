@@ -186,6 +186,16 @@ class SyncBNCache:
         """Each worker's normalized rows (m_j, d)."""
         return [c.xhat for c in self.caches]
 
+    @property
+    def inv_std(self) -> np.ndarray:
+        """``1 / sqrt(var + eps)`` (d,) of the whole batch, the same on every worker."""
+        return self.caches[0].inv_std.reshape(-1)
+
+    @property
+    def n(self) -> int:
+        """Rows over all workers."""
+        return self.caches[0].n
+
 
 def sync_batchnorm_forward(shards, gamma, beta, eps: float = 1e-5, method: str = "chan",
                            log: CommLog | None = None):

@@ -339,7 +339,12 @@ def fit(model, data, optimizer=None, *, epochs: int, lr: float | None = None,
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         losses = []
-        for idx in batches(epoch, rng):
+        epoch_batches = list(batches(epoch, rng))
+        if len(epoch_batches) == 0:
+            raise ValueError(f"epoch {epoch} has no batch to train on ({len(x_train)} samples, "
+                             f"batch_size={batch_size}, drop_last={drop_last}; a batch needs "
+                             "at least 2 samples)")
+        for idx in epoch_batches:
             xb, yb = x_train[idx], y_train[idx]
             loss, dlogits = _batch_loss(model, xb, yb, reduction)
             if not np.isfinite(loss):

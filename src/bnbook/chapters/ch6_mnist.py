@@ -12,7 +12,7 @@ hidden activation, one without -- under two recipes:
 
 ``data`` is always ``(x_train, y_train, x_test, y_test)`` with x of shape
 (n, d) and integer labels y of shape (n,). Every driver returns plain data
-(:class:`~bnbook.train.History` objects, arrays, strings), so the notebook
+(:class:`~bnbook.training.History` objects, arrays, strings), so the notebook
 only calls, asserts and plots.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ..training import History, evaluate, fit
 __all__ = [
     "ArticleBatchNorm1d",
     "build_net",
+    "one_shuffle",
     "LABELS",
     "ARTICLE",
     "BOOK",
