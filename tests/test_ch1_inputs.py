@@ -217,7 +217,4 @@ def test_plot_helpers_run(two_scales):
     r = gradient_descent(p, 1.6 / p.lam_max, np.zeros(2), 200)
     ax = plots.plot_descent(p, r, title="t")
     assert ax.get_title() == "t"
-    ax = plots.plot_histograms_at_steps([0, 10, 20], np.random.default_rng(0).normal(size=(3, 100)),
-                                        at=[0, 20])
-    assert len(ax.get_legend().get_texts()) == 2
     plt.close("all")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bnbook import BatchNorm1d, build_mlp, evaluate, fit, softmax_cross_entropy
-from bnbook.chapters.ch5_statistics import ema, ema_startup_bias, half_life, keras_to_pytorch, pytorch_to_keras
+from bnbook.chapters.ch5_statistics import ema, ema_startup_bias, half_life, keras_to_pytorch
 from bnbook.normalization import bn_inputs, bn_layers, recompute_bn_statistics
 from bnbook.training import accuracy_with_batch_statistics
 
@@ -21,7 +21,7 @@ def test_ema_matches_closed_form_and_conventions():
         w = (1 - m) ** np.arange(50)[::-1]
         expect = (1 - m) ** 50 * 0.5 + m * (w[:, None] * v).sum(axis=0)
         np.testing.assert_allclose(run[-1], expect, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(run, ema(v, pytorch_to_keras(m), 0.5, "keras"), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run, ema(v, 1 - m, 0.5, "keras"), rtol=0, atol=1e-12)
     assert keras_to_pytorch(0.99) == pytest.approx(0.01, rel=1e-12)
 
 

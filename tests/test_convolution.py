@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bnbook import (Linear, ReLU, Sequential, numerical_gradient, relative_error, softmax_cross_entropy)
-from bnbook.convolution import (AvgPool2d, Conv2d, Flatten, MaxPool2d, col2im, conv2d_backward, conv2d_forward, im2col)
+from bnbook.convolution import (Conv2d, Flatten, MaxPool2d, col2im, conv2d_backward, conv2d_forward, im2col)
 from bnbook.models import build_cnn
 from bnbook.gradcheck import check_layer_gradients
 from bnbook.normalization import BatchNorm2d
@@ -63,7 +63,7 @@ def test_conv2d_backward_matches_numerical_gradient(stride, pad):
     assert relative_error(db, numerical_gradient(lambda v: conv2d_forward(x, w, v, stride, pad)[0], b, dout)) < GRAD_TOL
 
 
-@pytest.mark.parametrize("pool", [MaxPool2d, AvgPool2d])
+@pytest.mark.parametrize("pool", [MaxPool2d])
 def test_pooling_backward_matches_numerical_gradient(pool):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 4, 6))  # continuous values: no ties in a max window
@@ -87,7 +87,7 @@ def test_small_cnn_gradients_match_numerical_gradients():
     rng = np.random.default_rng(4)
     model = Sequential(Conv2d(1, 2, 3, pad=1, bias=False, rng=rng, dtype=np.float64),
                        BatchNorm2d(2, dtype=np.float64), ReLU(), MaxPool2d(),
-                       Conv2d(2, 3, 3, pad=1, rng=rng, dtype=np.float64), ReLU(), AvgPool2d(),
+                       Conv2d(2, 3, 3, pad=1, rng=rng, dtype=np.float64), ReLU(), MaxPool2d(),
                        Flatten(), Linear(12, 4, rng=rng, dtype=np.float64))
     x = rng.standard_normal((3, 1, 8, 8))
     y = np.array([0, 3, 1])
@@ -152,7 +152,7 @@ def test_conv2d_equals_torch_forward_and_backward_float64(stride, pad):
     np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("pool, torch_name", [(MaxPool2d, "max_pool2d"), (AvgPool2d, "avg_pool2d")])
+@pytest.mark.parametrize("pool, torch_name", [(MaxPool2d, "max_pool2d")])
 def test_pooling_equals_torch_float64(pool, torch_name):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)

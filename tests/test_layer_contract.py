@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import bnbook
-from bnbook import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, FrozenBatchNorm1d,
+from bnbook import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, FrozenBatchNorm1d,
                     GroupNorm, InstanceNorm2d, Layer, LayerNorm, LayerNorm2d, Linear, MaxPool2d,
                     NonFiniteError, ReLU, Sequential, Sigmoid, Tanh, build_cnn, fit, numerical_gradient,
                     relative_error)
@@ -66,7 +66,6 @@ CASES = [
     ("FrozenBatchNorm1d", lambda dtype, **kw: FrozenBatchNorm1d(BatchNorm1d(4, dtype=dtype)), rows()),
     ("Conv2d", lambda dtype, **kw: Conv2d(3, 2, 3, pad=1, rng=0, dtype=dtype), images()),
     ("MaxPool2d", lambda dtype, **kw: MaxPool2d(), images()),
-    ("AvgPool2d", lambda dtype, **kw: AvgPool2d(), images()),
     ("Flatten", lambda dtype, **kw: Flatten(), images()),
     ("NoisyAffine", lambda dtype, **kw: NoisyAffine(4, seed=0), rows()),
 ]
@@ -85,7 +84,7 @@ def ids(cases):
 def test_every_layer_class_has_a_case():
     missing = [c.__name__ for c in LAYER_CLASSES if c not in CLASS_OF.values()]
     assert not missing, f"layer classes without a case in CASES: {missing}"
-    assert len(LAYER_CLASSES) >= 19
+    assert len(LAYER_CLASSES) >= 18
 
 
 def test_every_class_with_forward_and_backward_subclasses_layer():

@@ -24,10 +24,10 @@ Chapter drivers, which the core never imports: :mod:`bnbook.chapters`
 """
 from .batchnorm import batchnorm_backward, batchnorm_backward_staged, batchnorm_forward
 from .checks import NonFiniteError
-from .convolution import AvgPool2d, Conv2d, Flatten, MaxPool2d
+from .convolution import Conv2d, Flatten, MaxPool2d
 from .gradcheck import numerical_gradient, relative_error
 from .layers import Dropout, Layer, Linear, ReLU, Sequential, Sigmoid, Tanh
-from .losses import SoftmaxCrossEntropy, softmax_cross_entropy
+from .losses import softmax_cross_entropy
 from .models import build_cnn, build_mlp
 from .normalization import (BatchNorm1d, BatchNorm2d, FrozenBatchNorm1d, GroupNorm, InstanceNorm2d,
                             LayerNorm, LayerNorm2d, fold_batchnorm, normalize,
@@ -36,10 +36,10 @@ from .optimizers import SGD
 from .training import History, eval_outputs, evaluate, fit, predict
 
 __all__ = [
-    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
+    "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten",
     "FrozenBatchNorm1d", "GroupNorm", "History", "InstanceNorm2d", "Layer", "LayerNorm",
     "LayerNorm2d", "Linear", "MaxPool2d", "NonFiniteError", "ReLU", "SGD", "Sequential",
-    "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "batchnorm_backward", "batchnorm_backward_staged",
+    "Sigmoid", "Tanh", "batchnorm_backward", "batchnorm_backward_staged",
     "batchnorm_forward", "build_cnn", "build_mlp", "eval_outputs", "evaluate", "fit",
     "fold_batchnorm", "normalize", "normalize_backward", "numerical_gradient", "predict",
     "recompute_bn_statistics", "relative_error", "softmax_cross_entropy",

@@ -39,7 +39,6 @@ __all__ = [
     "ConvCache",
     "Conv2d",
     "MaxPool2d",
-    "AvgPool2d",
     "Flatten",
 ]
 
@@ -235,21 +234,6 @@ class MaxPool2d(Layer):
             np.multiply(d, first == k, out=dx[:, :, :, i, :, j])
         c, n, ho, _, wo, _ = shape
         return _channels_first(dx.reshape(c, n, 2 * ho, 2 * wo))
-
-
-class AvgPool2d(Layer):
-    """2x2 average pooling with stride 2: (N, C, H, W) -> (N, C, H/2, W/2)."""
-
-    def forward(self, x):
-        win = _pool_windows(x, "AvgPool2d")
-        self._saved = win.shape
-        return _channels_first(win.mean(axis=(3, 5)))
-
-    def backward(self, dout, need_input_grad: bool = True):
-        shape = self._saved_for_backward()
-        c, n, ho, _, wo, _ = shape
-        d = (_channels_first(dout) / 4)[:, :, :, None, :, None]
-        return _channels_first(np.broadcast_to(d, shape).reshape(c, n, 2 * ho, 2 * wo))
 
 
 class Flatten(Layer):

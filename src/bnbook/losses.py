@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["softmax_cross_entropy", "SoftmaxCrossEntropy"]
+__all__ = ["softmax_cross_entropy"]
 
 
 def softmax_cross_entropy(logits, y, reduction: str = "mean"):
@@ -46,16 +46,3 @@ def softmax_cross_entropy(logits, y, reduction: str = "mean"):
         grad /= m
         return float(losses.sum() / m), grad  # the mean, without np.mean's Python wrapper
     return float(losses.sum()), grad
-
-
-class SoftmaxCrossEntropy:
-    """Callable wrapper of :func:`softmax_cross_entropy` with a fixed reduction."""
-
-    def __init__(self, reduction: str = "mean"):
-        self.reduction = reduction
-
-    def __call__(self, logits, y):
-        return softmax_cross_entropy(logits, y, self.reduction)
-
-    def __repr__(self) -> str:
-        return f"SoftmaxCrossEntropy(reduction={self.reduction!r})"

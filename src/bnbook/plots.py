@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["new_axes", "plot_percentile_bands", "plot_loss_contours", "show_digits",
-           "plot_error_vs_step", "plot_grouped_bars", "plot_descent", "plot_histograms_at_steps"]
+           "plot_error_vs_step", "plot_grouped_bars", "plot_descent"]
 
 
 def new_axes(ncols: int = 1, nrows: int = 1, width: float = 4.8, height: float = 3.6, **kw):
@@ -163,30 +163,4 @@ def plot_descent(problem, result, ax=None, title: str = "", xlabel: str = "$w_1$
     if equal:
         ax.set_aspect("equal")
     ax.legend(loc="best", fontsize="small")
-    return ax
-
-
-def plot_histograms_at_steps(steps, values, at, ax=None, bins: int = 40, title: str = "",
-                             xlabel: str = "value"):
-    """Overlaid histograms of ``values[i]`` (one row per recorded step) at the
-    recorded steps nearest to each entry of ``at``.
-
-    ``steps`` (k,), ``values`` (k, n): e.g. one unit's pre-activation on a
-    probe batch of n samples, recorded at k training steps.
-    """
-    if ax is None:
-        _, ax = new_axes()
-    steps, values = np.asarray(steps), np.asarray(values)
-    rows = [int(np.argmin(np.abs(steps - s))) for s in at]
-    lo, hi = np.percentile(values[rows], [0.5, 99.5])
-    edges = np.linspace(lo, hi, bins + 1)
-    colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(rows)))
-    for r, c in zip(rows, colors):
-        ax.hist(values[r], bins=edges, histtype="step", lw=1.6, color=c, density=True,
-                label=f"step {steps[r]}")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
     return ax

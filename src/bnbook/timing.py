@@ -1,11 +1,11 @@
 """Wall-clock timing of small functions with :mod:`timeit`: repeats and the median (chapter 3).
 
-A single timing on a shared machine is noise. :func:`median_time` lets
+A single timing on a shared machine is noise. :func:`repeat_times` lets
 :class:`timeit.Timer` call the function in batches (``number`` calls per
 repeat, by default enough for one repeat to last about ``min_time``
-seconds), repeats that ``repeats`` times and returns the median time of
-*one* call. The median ignores the occasional repeat slowed down by
-another process.
+seconds), repeats that ``repeats`` times and returns the time of *one* call
+in each repeat; chapter 3 keeps their median, which ignores the occasional
+repeat slowed down by another process.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import timeit
 
 import numpy as np
 
-__all__ = ["repeat_times", "median_time"]
+__all__ = ["repeat_times"]
 
 
 def repeat_times(fn, *args, repeats: int = 7, number: int | None = None,
@@ -43,13 +43,3 @@ def repeat_times(fn, *args, repeats: int = 7, number: int | None = None,
         one_call = timer.timeit(number=1)
         number = max(1, min(2**20, math.ceil(min_time / max(one_call, 1e-9))))
     return np.array(timer.repeat(repeat=repeats, number=number)) / number
-
-
-def median_time(fn, *args, repeats: int = 7, number: int | None = None,
-                min_time: float = 0.02, **kwargs) -> float:
-    """Median over ``repeats`` of the seconds one call of ``fn(*args, **kwargs)`` takes.
-
-    See :func:`repeat_times` for the parameters.
-    """
-    return float(np.median(repeat_times(fn, *args, repeats=repeats, number=number,
-                                        min_time=min_time, **kwargs)))

@@ -3,7 +3,7 @@
 * running averages: :func:`ema` simulates the exponential moving average a
   batch-norm layer keeps, in either momentum convention; :func:`ema_startup_bias`
   and :func:`half_life` give its start-up bias and memory in closed form;
-* momentum conventions: :func:`keras_to_pytorch` / :func:`pytorch_to_keras`;
+* momentum conventions: :func:`keras_to_pytorch`;
 * precise batch norm against the running averages: :func:`running_vs_precise`
   trains chapter 6's network in several settings and evaluates the same
   weights both ways; :class:`BatchStatsRecorder` and
@@ -32,7 +32,6 @@ __all__ = [
     "ema_startup_bias",
     "half_life",
     "keras_to_pytorch",
-    "pytorch_to_keras",
     "BatchStatsRecorder",
     "replay_running_stats",
     "input_mean_and_cov",
@@ -50,11 +49,6 @@ __all__ = [
 def keras_to_pytorch(momentum: float) -> float:
     """PyTorch momentum (weight of the new batch) for a Keras momentum
     (weight of the old average): ``1 - momentum``."""
-    return 1.0 - check_momentum(momentum)
-
-
-def pytorch_to_keras(momentum: float) -> float:
-    """Keras momentum for a PyTorch momentum: ``1 - momentum``."""
     return 1.0 - check_momentum(momentum)
 
 
