@@ -365,16 +365,21 @@ class BatchNorm1d(_Normalization):
         """Backward of the last training forward: returns dx (m, d) and writes
         ``dgamma`` and ``dbeta``. dx is always computed."""
         cache = self._saved_for_backward()
-        dout = np.asarray(dout)
-        g = self._check_dout(dout, (cache.xhat.size // self.num_features, self.num_features))
+        g = np.asarray(dout)
+        shape = (cache.xhat.size // self.num_features, self.num_features)
+        if g.shape != shape:
+            raise ValueError(f"dout must have the shape of the last x {shape}; got {g.shape}")
         if g.dtype.kind != "f":
             g = g.astype(np.float64)
-        g = g.reshape(cache.xhat.shape)
+        grouped = cache.xhat.ndim == 3            # ghost batches: (m/g, g, d)
+        if grouped:
+            g = g.reshape(cache.xhat.shape)
         dx, s1, s2 = normalize_backward(g, cache, scale=self.gamma, workspace=self._workspace)
-        batch_axes = tuple(range(g.ndim - 1))
-        self.dbeta[...] = s1.sum(axis=batch_axes)
-        self.dgamma[...] = s2.sum(axis=batch_axes)
-        return dx.reshape(dout.shape)
+        if grouped:                               # gamma and beta are shared by the groups
+            s1, s2, dx = s1.sum(axis=0), s2.sum(axis=0), dx.reshape(-1, self.num_features)
+        self.dbeta[...] = s1.reshape(-1)
+        self.dgamma[...] = s2.reshape(-1)
+        return dx
 
     def __repr__(self) -> str:
         momentum = "None" if self.momentum is None else f"{self.momentum:g}"
