@@ -403,7 +403,7 @@ def test_layer_backward_without_training_forward_raises():
 # --------------------------------------------------------------------------
 # SHA-256 (first 16 hex digits) of one float32 training step and one eval
 # forward of the layer, as computed by the implementation that produced the
-# chapters' saved outputs (1 December 2026, with the _rowwise speed path).
+# chapters' saved outputs.
 # The step is elementwise IEEE arithmetic and sums over the batch axis in row
 # order, so its bits do not depend on the machine. A change of rounding (a
 # reordered formula, a fused multiply, another summation) changes the digest.

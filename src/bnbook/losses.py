@@ -44,5 +44,5 @@ def softmax_cross_entropy(logits, y, reduction: str = "mean"):
     grad[rows, y] -= 1.0
     if reduction == "mean":
         grad /= m
-        return float(losses.sum() / m), grad  # the mean, without np.mean's Python wrapper
+        return float(losses.sum() / m), grad
     return float(losses.sum()), grad
