@@ -26,7 +26,9 @@ training images), which is where the epoch's time goes.
 Threads: ``--threads N`` (default: $OPENBLAS_NUM_THREADS, else the number of
 CPUs) is given to both libraries (see ``bench_common.py``). PyTorch is not a
 requirement of the book; this benchmark needs it (``pip install torch``, a
-CPU build). The last line is ``ratio bnbook/torch: X.XX``.
+CPU build). The last line is ``ratio bnbook/torch: X.XX``. ``--baseline SRC``
+also trains another version of the package (its ``bnbook/`` folder under
+SRC) in the same alternating runs.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ from bench_common import import_torch, parse_args
 def _arguments(parser):
     parser.add_argument("--runs", type=int, default=5, help="timed epochs of each library (>= 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffle")
+    parser.add_argument("--baseline", default=None,
+                        help="folder holding another bnbook/ package to time side by side")
 
 
 args = parse_args(__doc__, _arguments)  # before NumPy loads: it sets the BLAS threads
@@ -54,6 +58,8 @@ torch = import_torch()
 
 from bnbook.models import build_cnn  # noqa: E402
 from bnbook.mnist import load_mnist  # noqa: E402
+
+BASELINE = bench_common.load_baseline(args.baseline) if args.baseline else None
 
 BATCH = 100
 LR = 0.1
@@ -97,6 +103,11 @@ def torch_model_like(model):
 
 def bnbook_epoch(data, max_steps=None):
     return bench_common.bnbook_epoch(bnbook_model(), data, max_steps=max_steps, **EPOCH)
+
+
+def baseline_epoch(data, max_steps=None):
+    model = BASELINE.build_cnn("batch", seed=args.seed)
+    return bench_common.bnbook_epoch(model, data, max_steps=max_steps, fit=BASELINE.fit, **EPOCH)
 
 
 def torch_epoch(x, y, max_steps=None):
@@ -156,6 +167,9 @@ def main():
     bnbook_epoch(data, max_steps=50)  # warm-up
     torch_epoch(xt, yt, max_steps=50)
     contenders = {"bnbook": lambda: bnbook_epoch(data), "torch": lambda: torch_epoch(xt, yt)}
+    if BASELINE:
+        baseline_epoch(data, max_steps=50)  # warm-up
+        contenders["baseline"] = lambda: baseline_epoch(data)
     names = list(contenders)
     times = {name: [] for name in names}
     losses = {name: [] for name in names}
@@ -172,6 +186,11 @@ def main():
     print(f"mean training loss of the epoch (same weights, same batches): "
           f"bnbook {losses['bnbook'][0]:.4f}, torch {losses['torch'][0]:.4f}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    if BASELINE:
+        paired = statistics.median(b / a for b, a in zip(times["bnbook"], times["baseline"]))
+        print(f"baseline: {os.path.dirname(BASELINE.__file__)}; median {med['baseline']:.3f} s; "
+              f"ratio bnbook/baseline: {med['bnbook'] / med['baseline']:.3f} "
+              f"(median of the per-run ratios {paired:.3f})")
     print(f"ratio bnbook/torch: {med['bnbook'] / med['torch']:.2f}")
 
 
