@@ -1,5 +1,7 @@
 """The layer contract, and the layers of fully connected networks.
 
+Used by every chapter from 1 to 9 (chapter 9 adds :mod:`bnbook.convolution`).
+
 Every layer of the package subclasses :class:`Layer` and keeps its contract
 (``tests/test_layer_contract.py`` checks it for every exported layer class):
 

@@ -1,5 +1,8 @@
 """Optimizers: objects that own an update rule and apply it to the parameters they are given.
 
+Used through :func:`bnbook.training.fit` by every chapter that trains (1 and 5-9);
+chapter 8 gives ``fit`` an :class:`SGD` with weight decay.
+
 Parameters are ``(name, value, gradient)`` triples, as ``model.params()``
 lists them; an optimizer updates the value arrays in place from the gradient
 arrays, which the layers' ``backward`` writes in place.

@@ -1,5 +1,7 @@
 """The one training loop of the book, its record, and evaluation.
 
+Used by every chapter that trains a network (1 and 5-9).
+
 :func:`fit` trains any model that keeps the layer contract with an
 optimizer from :mod:`bnbook.optimizers`. What happens around the steps --
 the progress display, measurements, early stopping -- is done by callbacks,
