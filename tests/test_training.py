@@ -10,6 +10,7 @@ import pytest
 from bnbook.checks import NonFiniteError
 from bnbook.layers import Layer
 from bnbook.models import build_mlp
+from bnbook.optimizers import SGD
 from bnbook.training import History, eval_outputs, evaluate, fit, predict
 
 SIZES = [20, 32, 2]
@@ -268,3 +269,17 @@ def test_an_evaluation_leaves_no_backward_cache_in_the_layers():
     model.train()
     out = model.forward(x[:4])    # training still works after it
     model.backward(np.ones_like(out))
+
+
+def test_a_numpy_learning_rate_gives_the_update_of_a_python_float():
+    """SGD keeps its rate as a Python float: a NumPy float64 rate (for example ``0.1 * m / 100``
+    with m from an array) must not turn float32 updates into float64 products. Same bits."""
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(1000).astype(np.float32)
+    g = rng.standard_normal(1000).astype(np.float32)
+    results = []
+    for lr, wd in ((0.1 * 3 / 7, 0.01), (np.float64(0.1) * np.array([3])[0] / 7, np.float64(0.01))):
+        p = p0.copy()
+        SGD([("w", p, g)], lr=lr, weight_decay=wd).step()
+        results.append(p)
+    assert np.array_equal(results[0], results[1])

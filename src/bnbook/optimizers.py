@@ -51,11 +51,14 @@ class SGD:
 
     @staticmethod
     def _checked(group: dict) -> dict:
+        """The group's settings checked, as Python floats: a NumPy float64 rate
+        would turn a float32 parameter's update into a float64 product."""
         if not group["lr"] > 0:
             raise ValueError(f"learning rate must be positive; got {group['lr']!r}")
         if not group["weight_decay"] >= 0:
             raise ValueError(f"weight_decay must be >= 0; got {group['weight_decay']!r}")
-        return group | {"momentum": check_momentum(group["momentum"], upper_open=True)}
+        return group | {"lr": float(group["lr"]), "weight_decay": float(group["weight_decay"]),
+                        "momentum": check_momentum(group["momentum"], upper_open=True)}
 
     @property
     def lr(self) -> float:
