@@ -6,9 +6,9 @@ For each batch shape (m, d) in (100, 300), (256, 1024), (1024, 4096) -- and
 (100, 50), the book's second batch-norm layer, and (60, 100), the layers of
 the original paper's MNIST network that chapter 6 trains -- in float32:
 
-* bnbook: ``BatchNorm1d(d)`` in training mode, ``forward(x)`` then
-  ``backward(dout)`` (which also stores dgamma and dbeta and updates the
-  running statistics: the work of one training step);
+* bnbook: ``BatchNorm1d(d)`` in training mode, ``forward(x)`` (which
+  also updates the running statistics) then ``backward(dout)`` (which stores
+  dgamma and dbeta): the work of one training step;
 * torch: ``torch.nn.functional.batch_norm(x, running_mean, running_var,
   weight, bias, training=True)`` then ``torch.autograd.grad`` of the output
   with respect to x, weight and bias, given ``dout``.

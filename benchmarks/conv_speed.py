@@ -2,7 +2,7 @@
 
     python benchmarks/conv_speed.py [--threads N] [--runs 5]
 
-Both libraries train the network of ``bnbook.convolution.build_cnn("batch")`` --
+Both libraries train the network of ``bnbook.models.build_cnn("batch")`` --
 conv 3x3 1->8 (pad 1, no bias), BatchNorm2d, ReLU, 2x2 max pool, conv 3x3
 8->16, BatchNorm2d, ReLU, 2x2 max pool, flatten, linear 784->10 -- with
 softmax cross-entropy and plain SGD (learning rate 0.1, batches of 100) for

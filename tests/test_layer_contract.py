@@ -20,7 +20,7 @@ from bnbook import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, FrozenBa
 from bnbook.chapters.ch5_statistics import BatchStatsRecorder, replay_running_stats
 from bnbook.chapters.ch6_mnist import ArticleBatchNorm1d
 from bnbook.chapters.ch8_explanations import NoisyAffine
-from bnbook.normalization import statistic_groups
+from bnbook.normalization import _Normalization, statistic_groups
 
 
 def _package_classes():
@@ -71,8 +71,8 @@ CASES = [
 ]
 CLASS_OF = {case[0]: type(case[1](np.float64)) for case in CASES}
 #: The normalization layers: they keep the stricter part of the contract.
-NORM_CASES = [c for c in CASES if issubclass(CLASS_OF[c[0]], (BatchNorm1d, LayerNorm, GroupNorm,
-                                                                FrozenBatchNorm1d))]
+NORMALIZATION = (_Normalization, FrozenBatchNorm1d)   # every normalization layer derives from these
+NORM_CASES = [c for c in CASES if issubclass(CLASS_OF[c[0]], NORMALIZATION)]
 STATS_CASES = [c for c in NORM_CASES if hasattr(c[1](np.float64), "running_mean")
                and not isinstance(c[1](np.float64), FrozenBatchNorm1d)]
 
@@ -85,6 +85,12 @@ def test_every_layer_class_has_a_case():
     missing = [c.__name__ for c in LAYER_CLASSES if c not in CLASS_OF.values()]
     assert not missing, f"layer classes without a case in CASES: {missing}"
     assert len(LAYER_CLASSES) >= 18
+
+
+def test_every_normalization_layer_class_has_a_case_in_the_strict_checks():
+    found = {c for c in LAYER_CLASSES if issubclass(c, NORMALIZATION)}
+    assert found == {CLASS_OF[c[0]] for c in NORM_CASES}
+    assert {BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm, FrozenBatchNorm1d} <= found
 
 
 def test_every_class_with_forward_and_backward_subclasses_layer():
@@ -164,6 +170,8 @@ def test_backward_matches_numerical_gradient(name, make, make_x):
     dout = rng.standard_normal(out.shape)
     dx = layer.backward(dout)
 
+    grads = {name: grad.copy() for name, _, grad in layer.params()}
+
     def f(z):
         with np.errstate(all="ignore"):
             return layer.forward(z)
@@ -172,6 +180,12 @@ def test_backward_matches_numerical_gradient(name, make, make_x):
     for a, copy in saved:
         a[...] = copy
     assert relative_error(dx, num) < 1e-6
+    for name, value, _ in layer.params():                    # and every parameter's gradient
+        num = numerical_gradient(lambda v: f(x), value, dout, h=1e-6)
+        for a, copy in saved:
+            a[...] = copy
+        summed = len(x) if getattr(layer, "param_grads", "mean") == "sum" else 1   # the article's option
+        assert relative_error(grads[name], summed * num) < 1e-6, name
 
 
 @pytest.mark.parametrize("name,make,make_x", NORM_CASES, ids=ids(NORM_CASES))
@@ -201,12 +215,17 @@ def test_momentum_none_keeps_the_cumulative_average(name, make, make_x):
     (float64, tolerance 1e-12), and num_batches_tracked counts the updates."""
     layer = make(np.float64, momentum=None)
     rng = np.random.default_rng(5)
-    means = []
+    means, variances = [], []
     for _ in range(3):
-        layer.forward(make_x(rng))
-        means += list(layer.batch_stats.mean)
+        x = make_x(rng)
+        layer.forward(x)
+        rows = np.moveaxis(x, 1, -1).reshape(-1, layer.num_features)   # one column per feature
+        groups = np.split(rows, len(layer.batch_stats.mean))           # ghost groups, in order
+        means += [g.mean(axis=0) for g in groups]
+        variances += [g.var(axis=0, ddof=0 if isinstance(layer, ArticleBatchNorm1d) else 1) for g in groups]
     assert layer.num_batches_tracked == len(means)
     np.testing.assert_allclose(layer.running_mean, np.mean(means, axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(layer.running_var, np.mean(variances, axis=0), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("name,make,make_x", STATS_CASES, ids=ids(STATS_CASES))
@@ -240,14 +259,15 @@ def test_statistic_groups_are_the_sets_the_layer_normalizes_together(layer):
 
 
 def test_batchnorm2d_accepts_momentum_none():
-    layer = BatchNorm2d(3, momentum=None, dtype=np.float64)   # raised TypeError before the redesign
+    # regression: this raised TypeError when BatchNorm2d checked its momentum itself
+    layer = BatchNorm2d(3, momentum=None, dtype=np.float64)
     layer.forward(np.random.default_rng(8).standard_normal((2, 3, 4, 4)))
     assert layer.num_batches_tracked == 1
 
 
 def test_fit_records_divergence_of_a_cnn_instead_of_crashing():
     """A CNN with batch norm at a learning rate of 1e30 overflows; fit records the epoch
-    (BatchNorm2d raised a plain ValueError before the redesign, and fit crashed)."""
+    (regression: when BatchNorm2d raised a plain ValueError here, fit crashed)."""
     rng = np.random.default_rng(9)
     x = rng.random((40, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 40)

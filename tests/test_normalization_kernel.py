@@ -7,7 +7,8 @@ float64 with the tolerance stated at the assert.
 import numpy as np
 import pytest
 
-from bnbook import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
+from bnbook import (BatchNorm1d, BatchNorm2d, Conv2d, Flatten, GroupNorm, LayerNorm, Linear, ReLU, Sequential,
+                    recompute_bn_statistics)
 from bnbook.batchnorm import batchnorm_backward, batchnorm_backward_staged, batchnorm_forward
 from bnbook.normalization import ghost_batchnorm_forward, normalize, normalize_backward
 from bnbook.sync_batchnorm import sync_batchnorm_backward, sync_batchnorm_forward
@@ -114,3 +115,18 @@ def test_synchronized_batchnorm_is_the_kernel_with_the_whole_batchs_statistics()
     np.testing.assert_allclose(np.concatenate(dxs), dx, rtol=0, atol=1e-12 * np.abs(dx).max())
     np.testing.assert_allclose(dgamma, rdgamma, rtol=1e-12)
     np.testing.assert_allclose(dbeta, rdbeta, rtol=1e-12)
+
+
+def test_population_statistics_of_a_network_with_image_and_row_batch_norms():
+    """recompute_bn_statistics takes each layer's input as it comes: images for BatchNorm2d,
+    rows after Flatten for BatchNorm1d (float64, against NumPy's mean and var, 1e-12)."""
+    rng = np.random.default_rng(4)
+    model = Sequential(Conv2d(1, 2, 3, pad=1, rng=0, dtype=np.float64), BatchNorm2d(2, dtype=np.float64), ReLU(),
+                       Flatten(), Linear(32, 3, bias=False, rng=0, dtype=np.float64), BatchNorm1d(3, dtype=np.float64))
+    x = rng.standard_normal((10, 1, 4, 4))
+    bn2, bn1 = recompute_bn_statistics(model, x, batch_size=4)
+    z = model[0].forward(x)
+    np.testing.assert_allclose(bn2.running_var, z.var(axis=(0, 2, 3), ddof=1), rtol=1e-12)
+    h = model[4].forward(model[3].forward(model[2].forward(bn2.eval().forward(z))))
+    np.testing.assert_allclose(bn1.running_mean, h.mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bn1.running_var, h.var(axis=0, ddof=1), rtol=1e-12)

@@ -195,7 +195,71 @@ def test_fit_with_an_optimizer_equals_fit_with_its_learning_rate(data):
     with pytest.raises(ValueError, match="not both"):
         fit(b, data, SGD(b, lr=0.1), epochs=1, lr=0.1, progress=False)
     with pytest.raises(ValueError, match="not both"):
+        fit(b, data, SGD(b, lr=0.1), epochs=1, momentum=0.9, progress=False)
+    with pytest.raises(ValueError, match="needs an optimizer or a learning rate"):
         fit(b, data, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        fit(b, data, epochs=0, lr=0.1, progress=False)
+
+
+def test_callbacks_are_called_in_order_with_their_arguments_and_can_stop(data):
+    calls = []
+
+    class Recorder:
+        def on_train_begin(self, model, history):
+            calls.append(("begin", history.steps))
+
+        def on_step(self, step, model):
+            calls.append(("step", step))
+
+        def on_epoch_end(self, epoch, model, history):
+            calls.append(("epoch", epoch, len(history.train_loss)))
+            return epoch == 2                                   # stop after the second epoch
+
+        def on_train_end(self, model, history):
+            calls.append(("end", history.steps))
+
+    n_batches = len(data[0]) // 20
+    hist = fit(build_mlp(SIZES, seed=0), data, epochs=5, lr=0.1, batch_size=20, progress=False,
+               callbacks=[Recorder()])
+    steps = [c[1] for c in calls if c[0] == "step"]
+    assert calls[0] == ("begin", 0) and calls[-1] == ("end", 2 * n_batches)
+    assert steps == list(range(1, 2 * n_batches + 1)) and len(hist.train_loss) == 2
+    assert [c for c in calls if c[0] == "epoch"] == [("epoch", 1, 1), ("epoch", 2, 2)]
+
+
+def test_progress_prints_each_epoch_and_a_summary_outside_a_notebook(data):
+    import io
+
+    from bnbook.training import Progress
+
+    out = io.StringIO()
+    hist = fit(build_mlp(SIZES, seed=0), data, epochs=2, lr=0.1, batch_size=20, progress=False,
+               callbacks=[Progress(2, "run", stream=out)], label="run")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("run: 1/2 epoch 1: loss") and lines[1].startswith("run: 2/2 epoch 2")
+    assert lines[2].startswith("run: 2 epochs: final loss") and f"{100 * hist.test_acc[-1]:.2f}%" in lines[2]
+
+
+def test_sgd_with_momentum_and_weight_decay_equals_torch():
+    """Three steps of SGD(lr 0.1, momentum 0.9, weight decay 0.01) against torch.optim.SGD, float64,
+    to 1e-15: the decay enters the gradient before the velocity."""
+    torch = pytest.importorskip("torch")
+    from bnbook.optimizers import SGD
+
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal(6)
+    grads = [rng.standard_normal(6) for _ in range(3)]
+    g = np.zeros(6)
+    opt = SGD([("p", p, g)], lr=0.1, momentum=0.9, weight_decay=0.01)
+    tp = torch.tensor(p.copy(), requires_grad=True)
+    topt = torch.optim.SGD([tp], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for grad in grads:
+        g[...] = grad
+        opt.step()
+        tp.grad = torch.tensor(grad)
+        topt.step()
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=0, atol=1e-15)
 
 
 def test_fit_rejects_bad_arguments(data):

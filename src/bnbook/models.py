@@ -29,8 +29,8 @@ def build_mlp(sizes, batchnorm=False, activation: str = "relu", init: str | None
 
     ``batchnorm`` is False, True (a :class:`~bnbook.normalization.BatchNorm1d`
     with ``bn_momentum`` and ``bn_eps``) or a function ``width -> layer`` that
-    makes the normalization layer, or a list of layers to insert (chapters
-    6 and 8 pass their variants).
+    makes the normalization layer (or a list of layers, inserted in order;
+    chapters 6 and 8 pass their variants).
     Weights are drawn layer by layer from one generator seeded with ``seed``,
     so networks with and without batch norm start from the same weights;
     the k-th Dropout layer's masks come from a generator seeded ``(seed, 2, k)``.

@@ -26,9 +26,10 @@ linear or convolutional layer before it, and
 statistics. :class:`FrozenBatchNorm1d` is a batch norm turned into a fixed
 affine map.
 
-Chapter 2 derives the kernel node by node (:mod:`bnbook.batchnorm`); chapters
-5 and 7 use the batch-norm layers, chapter 7 ghost batches, layer norm and
-frozen layers, chapter 9 the image layers.
+Chapter 2 derives the kernel node by node (:mod:`bnbook.batchnorm`); every
+chapter that builds a batch-norm network uses :class:`BatchNorm1d` (1-8),
+chapter 5 its running statistics and folding, chapter 7 ghost batches,
+layer norm and frozen layers, chapter 9 the image layers.
 
 Speed: a training step of :class:`BatchNorm1d` passes the kernel a
 workspace, a few arrays the layer keeps from step to step, so that the
@@ -117,8 +118,11 @@ def normalize(x, axes, eps: float = 1e-5, stats=None, workspace=None):
     eps : positive float added to the variance.
     stats : optional ``(mu, var, n)``, statistics to use instead of x's own,
         shaped to broadcast against x: synchronized batch norm passes those
-        of the whole batch, gathered from every worker.
-    workspace : optional; see the module docstring.
+        of the whole batch, gathered from every worker. The gradient then
+        needs the whole batch's sums too: pass them to
+        :func:`normalize_backward` as ``sums``.
+    workspace : optional; see the module docstring. With one, ``xhat`` lives
+        in the workspace and the next call with it overwrites it.
 
     Returns
     -------
@@ -163,7 +167,8 @@ def normalize_backward(g, cache: NormCache, scale=None, sums=None, workspace=Non
     Returns
     -------
     dx : xhat's shape;  ``sum(g)`` and ``sum(g * xhat)`` over the axes (kept
-    as size 1). For batch norm they are ``dbeta`` and ``dgamma``.
+    as size 1; as given when ``sums`` is passed). For batch norm they are
+    ``dbeta`` and ``dgamma``.
     """
     axes, n, xhat = cache.axes, cache.n, cache.xhat
     t = _out(workspace, "t", g)
@@ -418,6 +423,16 @@ class BatchNorm2d(BatchNorm1d):
     def num_channels(self) -> int:
         return self.num_features
 
+    @property
+    def ghost_batch_size(self) -> None:
+        """Always None: ghost batches are an option of ``BatchNorm1d`` only."""
+        return None
+
+    @ghost_batch_size.setter
+    def ghost_batch_size(self, value) -> None:
+        if value is not None:
+            raise ValueError("BatchNorm2d has no ghost batches; use BatchNorm1d(ghost_batch_size=...)")
+
     def forward(self, x):
         x = _check_images(x, self.num_features, self.dtype, "BatchNorm2d")
         n, _, h, w = x.shape
@@ -550,8 +565,9 @@ class FrozenBatchNorm1d(Layer):
     """
 
     def __init__(self, bn: BatchNorm1d):
-        if not isinstance(bn, BatchNorm1d):
-            raise ValueError(f"expected a BatchNorm1d to freeze; got {type(bn).__name__}")
+        if not isinstance(bn, BatchNorm1d) or isinstance(bn, BatchNorm2d):
+            raise ValueError(f"FrozenBatchNorm1d freezes a BatchNorm1d of (m, d) inputs; "
+                             f"got {type(bn).__name__}")
         self.bn = bn
 
     def forward(self, x):
@@ -577,6 +593,10 @@ def freeze_batchnorm(model):
     """A Sequential sharing ``model``'s layers, each BatchNorm1d frozen
     (:class:`FrozenBatchNorm1d`): training it tunes ``model``'s other layers
     in place and leaves its batch norms exactly as they were."""
+    if any(isinstance(layer, BatchNorm2d) for layer in model.layers):
+        raise ValueError("freeze_batchnorm freezes BatchNorm1d layers of fully connected networks; "
+                         "this model has a BatchNorm2d (put it in eval mode and leave its "
+                         "parameters out of the optimizer instead)")
     return Sequential(*[FrozenBatchNorm1d(layer) if isinstance(layer, BatchNorm1d) else layer
                         for layer in model.layers])
 
@@ -691,13 +711,14 @@ def recompute_bn_statistics(model, x, batch_size: int = 1000) -> list:
         chunks = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
         for layer in iter_layers(model):
             if isinstance(layer, BatchNorm1d):
-                axes = (0,) + tuple(range(2, x.ndim))           # all but the feature axis
+                nd = chunks[0].ndim                              # 2 for rows, 4 for images
+                axes = (0,) + tuple(range(2, nd))                # all but the feature axis
                 count = sum(c.size // c.shape[1] for c in chunks)
                 if count < 2:
                     raise ValueError(f"need at least 2 values per feature to estimate a "
                                      f"variance; got {count}")
                 mean = sum(c.sum(axis=axes, dtype=np.float64) for c in chunks) / count
-                m = mean.reshape((-1,) + (1,) * (x.ndim - 2))
+                m = mean.reshape((-1,) + (1,) * (nd - 2))
                 ss = sum(np.square(c.astype(np.float64) - m).sum(axis=axes) for c in chunks)
                 layer.running_mean[...] = mean
                 layer.running_var[...] = ss / (count - 1)

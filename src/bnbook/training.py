@@ -109,7 +109,7 @@ def accuracy_with_batch_statistics(model, x, y, batch_size: int) -> float:
     """Accuracy when the network is (wrongly) left in training mode at test time.
 
     Every BN layer normalizes each test batch of ``batch_size`` consecutive rows
-    of ``x`` (n, d) with that batch's own statistics. The running statistics
+    of ``x`` (n, ...) with that batch's own statistics. The running statistics
     are saved and restored, so the call leaves the model unchanged. A last
     batch of one sample, which training mode refuses, is evaluated together
     with the batch before it.
@@ -195,7 +195,7 @@ class Progress:
 
 class EverySteps:
     """Callback: ``fn(step, model)`` at step 0 (before training) and after
-    every ``every``-th optimizer step (never, with ``every=0``); for
+    every ``every``-th optimizer step (with ``every=0``, at step 0 only); for
     measurements during training. ``fn``'s return value is ignored."""
 
     def __init__(self, fn, every: int = 1):
@@ -321,8 +321,13 @@ def fit(model, data, optimizer=None, *, epochs: int, lr: float | None = None,
     later epochs are recorded as NaN.
     """
     _check_fit_args(data, batch_size, reduction)
-    if (optimizer is None) == (lr is None):
-        raise ValueError("give fit either an optimizer or a learning rate lr, not both")
+    if int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer; got {epochs!r}")
+    if optimizer is None and lr is None:
+        raise ValueError("fit needs an optimizer or a learning rate lr")
+    if optimizer is not None and (lr is not None or momentum):
+        raise ValueError("give fit an optimizer or lr (and momentum), not both: the optimizer "
+                         "holds its own rate and momentum")
     optimizer = optimizer if optimizer is not None else SGD(model, lr, momentum)
     x_train, y_train = data[0], data[1]
     batches = batches or shuffled_batches(len(x_train), batch_size, drop_last)

@@ -81,7 +81,7 @@ class ArticleBatchNorm1d(BatchNorm1d):
       times it.
 
     ``param_grads="mean"`` with ``unbiased_running_var=True`` is the plain
-    layer, bit for bit.
+    layer with the same ``eps``, bit for bit.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-12, momentum: float | None = 0.1,
@@ -122,7 +122,7 @@ def build_net(network: str, *, seed: int = 0, sizes=ARTICLE["sizes"], activation
     Linear layer in order, made whether or not the layer has a bias, so the
     biases a layer gets do not depend on the other layers. The ``bn_*``
     options go to an :class:`ArticleBatchNorm1d` (a plain BatchNorm1d when
-    they are its defaults) and are ignored for the plain network.
+    they are build_net's defaults) and are ignored for the plain network.
     """
     if network not in LABELS:
         raise ValueError(f"network must be one of {LABELS}; got {network!r}")
@@ -170,8 +170,9 @@ def train_net(data, network: str, *, lr: float, epochs: int, seed: int = 0,
     batch order; return its History.
 
     ``shuffle`` is ``"every epoch"`` (fit's default order) or ``"once"``
-    (:func:`one_shuffle`). Other keywords of ``fit`` (``callback``,
-    ``max_steps``, ...) are accepted too; the History's label defaults to
+    (:func:`one_shuffle`). Six more keywords go to ``fit``: ``callback``,
+    ``callback_every``, ``max_steps``, ``stop_if``, ``callbacks`` and
+    ``drop_last``; the History's label defaults to
     ``"<network> seed <seed>"``.
     """
     if shuffle not in ("every epoch", "once"):
