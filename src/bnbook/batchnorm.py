@@ -4,7 +4,8 @@ Chapter 2 builds :func:`batchnorm_forward` as ten elementary operations,
 chapter 3 takes the gradient through them one node at a time
 (:func:`batchnorm_backward_staged`) and simplifies it to a closed form
 (:func:`batchnorm_backward`), and chapter 4 checks both numerically. The
-layers that train networks use the same mathematics through the kernel of
+layer, :class:`~bnbook.normalization.BatchNorm1d`, and every other layer
+that normalizes use the same mathematics through the kernel of
 :mod:`bnbook.normalization`; ``tests/test_batchnorm.py`` asserts that these
 functions and that kernel agree.
 
