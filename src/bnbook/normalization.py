@@ -227,11 +227,13 @@ class _Normalization(Layer):
         self.dgamma = np.zeros_like(self.gamma)
         self.dbeta = np.zeros_like(self.beta)
 
-    def _check_dout(self, dout, shape) -> np.ndarray:
-        dout = np.asarray(dout)
-        if dout.shape != shape:
-            raise ValueError(f"dout must have the shape of the last x {shape}; got {dout.shape}")
-        return dout
+
+def _check_dout(dout, shape) -> np.ndarray:
+    """``dout`` as an array of the last input's ``shape``, or a ValueError."""
+    dout = np.asarray(dout)
+    if dout.shape != shape:
+        raise ValueError(f"dout must have the shape of the last x {shape}; got {dout.shape}")
+    return dout
 
 
 def _check_images(x, channels: int, dtype, who: str) -> np.ndarray:
@@ -370,10 +372,7 @@ class BatchNorm1d(_Normalization):
         """Backward of the last training forward: returns dx (m, d) and writes
         ``dgamma`` and ``dbeta``. dx is always computed."""
         cache = self._saved_for_backward()
-        g = np.asarray(dout)
-        shape = (cache.xhat.size // self.num_features, self.num_features)
-        if g.shape != shape:
-            raise ValueError(f"dout must have the shape of the last x {shape}; got {g.shape}")
+        g = _check_dout(dout, (cache.xhat.size // self.num_features, self.num_features))
         if g.dtype.kind != "f":
             g = g.astype(np.float64)
         grouped = cache.xhat.ndim == 3            # ghost batches: (m/g, g, d)
@@ -445,7 +444,7 @@ class BatchNorm2d(BatchNorm1d):
 
     def backward(self, dout, need_input_grad: bool = True):
         self._saved_for_backward()
-        dout = self._check_dout(dout, self._shape)
+        dout = _check_dout(dout, self._shape)
         return _images(super().backward(_rows(dout)), self._shape)
 
     def __repr__(self) -> str:
@@ -470,8 +469,7 @@ class LayerNorm(_Normalization):
 
     def backward(self, dout, need_input_grad: bool = True):
         cache = self._saved_for_backward()
-        dx, self.dgamma[...], self.dbeta[...] = layernorm_backward(
-            self._check_dout(dout, cache[0].xhat.shape), cache)
+        dx, self.dgamma[...], self.dbeta[...] = layernorm_backward(dout, cache)
         return dx
 
     def __repr__(self) -> str:
@@ -521,7 +519,7 @@ class GroupNorm(_Normalization):
     def backward(self, dout, need_input_grad: bool = True):
         """Back-propagate ``dout`` (N, C, H, W); writes dgamma, dbeta (C,), returns dx."""
         cache, shape = self._saved_for_backward()
-        g, _ = self._view(self._check_dout(dout, shape))
+        g, _ = self._view(_check_dout(dout, shape))
         self.dgamma[...] = (g * cache.xhat).sum(axis=(0, 3)).reshape(-1)
         self.dbeta[...] = g.sum(axis=(0, 3)).reshape(-1)
         dx, _, _ = normalize_backward(g * self._per_channel(self.gamma), cache)
@@ -580,10 +578,7 @@ class FrozenBatchNorm1d(Layer):
 
     def backward(self, dout, need_input_grad: bool = True):
         scale, shape = self._saved_for_backward()
-        dout = np.asarray(dout)
-        if dout.shape != shape:
-            raise ValueError(f"dout must have the shape of the last x {shape}; got {dout.shape}")
-        return dout * scale
+        return _check_dout(dout, shape) * scale
 
     def __repr__(self) -> str:
         return f"FrozenBatchNorm1d({self.bn!r})"
@@ -637,9 +632,7 @@ def layernorm_backward(dout, cache):
     ``dbeta`` (d,). gamma varies along the normalized axis, so the kernel
     gets ``dout * gamma``."""
     norm, gamma = cache
-    dout = np.asarray(dout)
-    if dout.shape != norm.xhat.shape:
-        raise ValueError(f"dout must have the shape of x {norm.xhat.shape}; got {dout.shape}")
+    dout = _check_dout(dout, norm.xhat.shape)
     dx, _, _ = normalize_backward(dout * gamma, norm)
     return dx, np.sum(dout * norm.xhat, axis=0), dout.sum(axis=0)
 
